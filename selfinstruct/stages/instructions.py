@@ -1,0 +1,105 @@
+"""Instruction generation with the bootstrap loop and the filters (DESIGN.md steps 2-3).
+
+Each round sends `llm.concurrency` requests at once and applies their responses in request order:
+parse the numbered list, apply the rule filters, then the ROUGE-L novelty filter against the seeds
+and every instruction accepted before. A round's records are committed together (see io.Checkpoint),
+so a killed run resumes at the first unfinished round and ends as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tqdm import tqdm
+
+from ..filters import check_instruction
+from ..io import append_jsonl, read_jsonl
+from ..llm import Request, Sampling
+from ..prompts.instructions import build_prompt, parse_instruction_list, sample_in_context
+from ..rouge import RougeIndex
+
+FILES = ["instructions.jsonl", "rejected.jsonl"]
+
+
+def request_rng(seed: int, request_id: str) -> random.Random:
+    return random.Random(f"{seed}/{request_id}")
+
+
+def normalize(text: str, capitalize: bool) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] if capitalize and text else text
+
+
+def run_instructions(ctx) -> None:
+    cfg, f, p = ctx.cfg, ctx.cfg.filters, ctx.cfg.prompt
+    state = ctx.checkpoint.restore("instructions", FILES)
+    sent = state.get("requests", 0)
+    accepted = read_jsonl(ctx.path("instructions.jsonl")) if ctx.path("instructions.jsonl").exists() else []
+    machine = [r["instruction"] for r in accepted]
+    seed_instructions = [t.instruction for t in ctx.seeds]
+    index = RougeIndex(seed_instructions + machine)
+    target = cfg.num_instructions
+    sampling = Sampling.from_config(cfg.sampling.instructions)
+    bar = tqdm(total=target, initial=min(len(machine), target), desc="instructions", unit="inst")
+    while len(machine) < target:
+        requests, firsts = [], []
+        for k in range(cfg.llm.concurrency):
+            request_id = f"instructions/{sent + k}"
+            examples = sample_in_context(request_rng(cfg.seed, request_id), seed_instructions, machine,
+                                         p.num_human, p.num_machine)
+            prompt, first = build_prompt(examples, chat=p.chat, max_list_number=p.max_list_number)
+            requests.append(Request(request_id, prompt, chat=p.chat))
+            firsts.append(first)
+        completions = ctx.llm.complete(requests, sampling, stage="instructions")
+        new_accepted, new_rejected = [], []
+        for request, first, completion in zip(requests, firsts, completions):
+            if len(machine) >= target:
+                break
+            kept, rejected = filter_response(completion, first, request.id, index, cfg)
+            for record in kept[: target - len(machine)]:
+                record["id"] = f"machine_task_{len(machine)}"
+                machine.append(record["instruction"])
+                new_accepted.append(record)
+                bar.update(1)
+            new_rejected.extend(rejected)
+        sent += len(requests)
+        append_jsonl(ctx.path("instructions.jsonl"), new_accepted)
+        append_jsonl(ctx.path("rejected.jsonl"), new_rejected)
+        ctx.checkpoint.commit("instructions", FILES, {"requests": sent})
+        bar.set_postfix(requests=sent)
+    bar.close()
+
+
+def filter_response(completion, first: int, request_id: str, index: RougeIndex, cfg):
+    """Accepted records (without id) and rejected records of one response, in response order."""
+    f = cfg.filters
+    if not completion.ok:
+        return [], [{"candidate": "", "rule": "request_error", "detail": completion.error,
+                     "request_id": request_id}]
+    candidates = [normalize(c, cfg.prompt.capitalize) for c in parse_instruction_list(completion.text, first)]
+    if not candidates:
+        return [], [{"candidate": completion.text[:500], "rule": "parse_failure",
+                     "detail": "no numbered instruction in the response", "request_id": request_id}]
+    if completion.finish_reason == "length" and f.discard_truncated_response:
+        return [], [{"candidate": c, "rule": "truncated_response",
+                     "detail": "the response hit max_tokens; the paper discards it whole",
+                     "request_id": request_id} for c in candidates]
+    rejected, passing = [], []
+    for candidate in candidates:
+        broken = check_instruction(candidate, f)
+        if broken:
+            rejected.append({"candidate": candidate, "rule": broken[0], "detail": broken[1],
+                             "request_id": request_id})
+        else:
+            passing.append(candidate)
+    kept = []
+    for candidate, decision in zip(passing, index.filter(passing, f.rouge_threshold, f.top_k_similar)):
+        if decision.accepted:
+            kept.append({"instruction": candidate, "max_rouge": decision.max_score,
+                         "most_similar": decision.most_similar, "request_id": request_id})
+        else:
+            top = next(iter(decision.most_similar.items()), ("", 0.0))
+            rejected.append({"candidate": candidate, "rule": "rouge",
+                             "detail": f"ROUGE-L {decision.max_score:.4f} > {f.rouge_threshold} with: {top[0]}",
+                             "max_rouge": decision.max_score, "request_id": request_id})
+    return kept, rejected
