@@ -38,3 +38,15 @@ def check_instruction(text: str, f) -> Optional[tuple[str, str]]:
     if f.reject_non_ascii_start and not text[0].isascii():
         return "non_ascii_start", text[0]
     return None
+
+
+def novelty_record(candidate: str, decision, threshold: float) -> tuple[bool, dict]:
+    """(accepted, record) for a ROUGE-L decision: an instructions.jsonl record when accepted, a
+    rejected.jsonl record (rule "rouge", naming the closest instruction) when not."""
+    if decision.accepted:
+        return True, {"instruction": candidate, "max_rouge": decision.max_score,
+                      "most_similar": decision.most_similar}
+    closest = next(iter(decision.most_similar), "")
+    return False, {"candidate": candidate, "rule": "rouge",
+                   "detail": f"ROUGE-L {decision.max_score:.4f} > {threshold} with: {closest}",
+                   "max_rouge": decision.max_score}

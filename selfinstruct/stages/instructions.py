@@ -8,17 +8,23 @@ so a killed run resumes at the first unfinished round and ends as an uninterrupt
 
 from __future__ import annotations
 
+import logging
 import random
 
 from tqdm import tqdm
 
-from ..filters import check_instruction
+from ..filters import check_instruction, novelty_record
 from ..io import append_jsonl, read_jsonl
 from ..llm import Request, Sampling
 from ..prompts.instructions import build_prompt, parse_instruction_list, sample_in_context
 from ..rouge import RougeIndex
 
+log = logging.getLogger(__name__)
+
 FILES = ["instructions.jsonl", "rejected.jsonl"]
+# Stop (with a warning) after this many requests in a row accept nothing: a model that only
+# repeats itself or always hits max_tokens would otherwise loop forever.
+MAX_FRUITLESS_REQUESTS = 100
 
 
 def request_rng(seed: int, request_id: str) -> random.Random:
@@ -41,7 +47,12 @@ def run_instructions(ctx) -> None:
     target = cfg.num_instructions
     sampling = Sampling.from_config(cfg.sampling.instructions)
     bar = tqdm(total=target, initial=min(len(machine), target), desc="instructions", unit="inst")
+    fruitless = 0
     while len(machine) < target:
+        if fruitless >= MAX_FRUITLESS_REQUESTS:
+            log.warning("instructions: stopping at %d of %d; the last %d requests gave no new "
+                        "instruction (see rejected.jsonl for why)", len(machine), target, fruitless)
+            break
         requests, firsts = [], []
         for k in range(cfg.llm.concurrency):
             request_id = f"instructions/{sent + k}"
@@ -63,6 +74,7 @@ def run_instructions(ctx) -> None:
                 bar.update(1)
             new_rejected.extend(rejected)
         sent += len(requests)
+        fruitless = 0 if new_accepted else fruitless + len(requests)
         append_jsonl(ctx.path("instructions.jsonl"), new_accepted)
         append_jsonl(ctx.path("rejected.jsonl"), new_rejected)
         ctx.checkpoint.commit("instructions", FILES, {"requests": sent})
@@ -94,12 +106,7 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
             passing.append(candidate)
     kept = []
     for candidate, decision in zip(passing, index.filter(passing, f.rouge_threshold, f.top_k_similar)):
-        if decision.accepted:
-            kept.append({"instruction": candidate, "max_rouge": decision.max_score,
-                         "most_similar": decision.most_similar, "request_id": request_id})
-        else:
-            top = next(iter(decision.most_similar.items()), ("", 0.0))
-            rejected.append({"candidate": candidate, "rule": "rouge",
-                             "detail": f"ROUGE-L {decision.max_score:.4f} > {f.rouge_threshold} with: {top[0]}",
-                             "max_rouge": decision.max_score, "request_id": request_id})
+        accepted, record = novelty_record(candidate, decision, f.rouge_threshold)
+        record["request_id"] = request_id
+        (kept if accepted else rejected).append(record)
     return kept, rejected
