@@ -107,15 +107,28 @@ def test_rerun_with_more_instructions_keeps_the_first_byte_for_byte(tmp_path):
     assert stats["cost/instructions/cache_hits"] == 0
 
 
-def test_resume_after_a_torn_line_matches_an_uninterrupted_run(tmp_path):
-    whole, torn = tmp_path / "whole", tmp_path / "torn"
-    run_fake(tmp_path, whole, ["num_instructions=20", "llm.concurrency=2"])
-    run_fake(tmp_path, torn, ["num_instructions=10", "llm.concurrency=2"])
-    # a killed writer: half a record after the last commit
-    with open(torn / "instructions.jsonl", "a") as f:
-        f.write('{"id": "machine_task_99", "instru')
-    run_fake(tmp_path, torn, ["num_instructions=20", "llm.concurrency=2"])
-    assert (torn / "instructions.jsonl").read_bytes() == (whole / "instructions.jsonl").read_bytes()
+def test_resume_after_a_crash_and_a_torn_line_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    from selfinstruct.io import Checkpoint
+
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    run_fake(tmp_path, whole, ["num_instructions=30", "llm.concurrency=1"])
+    commit, calls = Checkpoint.commit, []
+
+    def dying_commit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # dies between appending round 3 and committing it
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "commit", dying_commit)
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, crashed, ["num_instructions=30", "llm.concurrency=1"])
+    monkeypatch.setattr(Checkpoint, "commit", commit)
+    with open(crashed / "instructions.jsonl", "a") as f:
+        f.write('{"id": "machine_task_99", "instru')  # and a torn line after the uncommitted round
+    run_fake(tmp_path, crashed, ["num_instructions=30", "llm.concurrency=1"])
+    assert (crashed / "instructions.jsonl").read_bytes() == (whole / "instructions.jsonl").read_bytes()
+    assert (crashed / "rejected.jsonl").read_bytes() == (whole / "rejected.jsonl").read_bytes()
 
 
 def test_stricter_threshold_accepts_less(tmp_path):

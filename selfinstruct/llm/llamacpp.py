@@ -57,15 +57,26 @@ class LlamaCppLLM(LLM):
             from llama_cpp import Llama
 
             threads = self.n_threads or os.cpu_count() or 1
-            self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=threads,
-                                n_threads_batch=threads, seed=self.seed, verbose=False)
+            try:
+                self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=threads,
+                                    n_threads_batch=threads, seed=self.seed, verbose=False)
+            except (ValueError, RuntimeError, OSError) as e:
+                raise RuntimeError(f"llm.model_path: cannot load {self.model_path} as a GGUF model "
+                                   f"({e})") from e
         return self._llama
+
+    def _cache_key(self, request: Request, params: Sampling) -> dict:
+        # Another GGUF file under the same llm.model name must not get this one's answers.
+        path = Path(self.model_path)
+        size = path.stat().st_size if path.exists() else 0
+        return {**super()._cache_key(request, params), "model_file": f"{path.name}:{size}"}
 
     def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
         llama = self.load()
         out = []
         for request in requests:
             if not self.prefix_cache:
+                # n_tokens=0: llama-cpp-python matches no prefix and evaluates the whole prompt.
                 llama.reset()
             prompt = request.prompt
             budget = self.n_ctx - len(llama.tokenize(prompt.encode("utf-8"), add_bos=True)) - 1
@@ -77,6 +88,7 @@ class LlamaCppLLM(LLM):
                     prompt, max_tokens=min(params.max_tokens, budget), temperature=params.temperature,
                     top_p=params.top_p, presence_penalty=params.presence_penalty,
                     frequency_penalty=params.frequency_penalty, stop=list(params.stop) or None,
+                    top_k=0, min_p=0.0, repeat_penalty=1.0,  # OpenAI-style sampling: temperature + top_p only
                     seed=request_seed(self.seed, request.id))
             except Exception as e:  # a model failure is recorded, not raised (see LLM.complete)
                 out.append(Completion("", "error", error=f"{type(e).__name__}: {e}"))

@@ -4,6 +4,8 @@ Each round sends `llm.concurrency` requests at once and applies their responses 
 parse the numbered list, apply the rule filters, then the ROUGE-L novelty filter against the seeds
 and every instruction accepted before. A round's records are committed together (see io.Checkpoint),
 so a killed run resumes at the first unfinished round and ends as an uninterrupted run would.
+A request that failed even after the backend's retries is recorded (rule request_error) and noted
+in the checkpoint; the next invocation of the same run dir sends it again first.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 
 from tqdm import tqdm
 
-from ..filters import check_instruction, novelty_record
+from ..filters import check_degenerate, check_instruction, novelty_record, prompt_segments
 from ..io import append_jsonl, read_jsonl
 from ..llm import Request, Sampling
 from ..prompts.instructions import build_prompt, parse_instruction_list, sample_in_context
@@ -40,6 +42,8 @@ def run_instructions(ctx) -> None:
     cfg, f, p = ctx.cfg, ctx.cfg.filters, ctx.cfg.prompt
     state = ctx.checkpoint.restore("instructions", FILES)
     sent = state.get("requests", 0)
+    retry = list(state.get("failed", []))  # failed requests of an earlier invocation: asked again
+    failed: list[str] = []
     accepted = read_jsonl(ctx.path("instructions.jsonl")) if ctx.path("instructions.jsonl").exists() else []
     machine = [r["instruction"] for r in accepted]
     seed_instructions = [t.instruction for t in ctx.seeds]
@@ -53,9 +57,11 @@ def run_instructions(ctx) -> None:
             log.warning("instructions: stopping at %d of %d; the last %d requests gave no new "
                         "instruction (see rejected.jsonl for why)", len(machine), target, fruitless)
             break
+        ids, retry = retry[: cfg.llm.concurrency], retry[cfg.llm.concurrency:]
+        fresh = cfg.llm.concurrency - len(ids)
+        ids += [f"instructions/{sent + k}" for k in range(fresh)]
         requests, firsts = [], []
-        for k in range(cfg.llm.concurrency):
-            request_id = f"instructions/{sent + k}"
+        for request_id in ids:
             examples = sample_in_context(request_rng(cfg.seed, request_id), seed_instructions, machine,
                                          p.num_human, p.num_machine)
             prompt, first = build_prompt(examples, chat=p.chat, max_list_number=p.max_list_number)
@@ -66,28 +72,33 @@ def run_instructions(ctx) -> None:
         for request, first, completion in zip(requests, firsts, completions):
             if len(machine) >= target:
                 break
-            kept, rejected = filter_response(completion, first, request.id, index, cfg)
+            kept, rejected = filter_response(completion, first, request.id, index, cfg, request.prompt)
+            if not completion.ok:
+                failed.append(request.id)
             for record in kept[: target - len(machine)]:
                 record["id"] = f"machine_task_{len(machine)}"
                 machine.append(record["instruction"])
                 new_accepted.append(record)
                 bar.update(1)
             new_rejected.extend(rejected)
-        sent += len(requests)
+        sent += fresh
         fruitless = 0 if new_accepted else fruitless + len(requests)
         append_jsonl(ctx.path("instructions.jsonl"), new_accepted)
         append_jsonl(ctx.path("rejected.jsonl"), new_rejected)
-        ctx.checkpoint.commit("instructions", FILES, {"requests": sent})
+        ctx.checkpoint.commit("instructions", FILES, {"requests": sent, "failed": retry + failed})
         bar.set_postfix(requests=sent)
     bar.close()
 
 
-def filter_response(completion, first: int, request_id: str, index: RougeIndex, cfg):
+def filter_response(completion, first: int, request_id: str, index: RougeIndex, cfg, prompt: str = ""):
     """Accepted records (without id) and rejected records of one response, in response order."""
     f = cfg.filters
     if not completion.ok:
         return [], [{"candidate": "", "rule": "request_error", "detail": completion.error,
                      "request_id": request_id}]
+    if not completion.text.strip():
+        return [], [{"candidate": "", "rule": "empty_response", "detail": "the model returned no text",
+                     "finish_reason": completion.finish_reason, "request_id": request_id}]
     candidates = [normalize(c, cfg.prompt.capitalize) for c in parse_instruction_list(completion.text, first)]
     if not candidates:
         return [], [{"candidate": completion.text[:500], "rule": "parse_failure",
@@ -97,8 +108,11 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
                      "detail": "the response hit max_tokens; the paper discards it whole",
                      "request_id": request_id} for c in candidates]
     rejected, passing = [], []
+    segments = prompt_segments(prompt) if f.reject_degenerate else None
     for candidate in candidates:
         broken = check_instruction(candidate, f)
+        if not broken and segments is not None:
+            broken = check_degenerate(candidate, segments)
         if broken:
             rejected.append({"candidate": candidate, "rule": broken[0], "detail": broken[1],
                              "request_id": request_id})
