@@ -7,7 +7,6 @@ misspelt key or a value of the wrong type fails when Hydra composes the config. 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -91,10 +90,15 @@ class FiltersConfig:
     reject_punctuation_start: bool = True
     reject_non_ascii_start: bool = True
     discard_truncated_response: bool = True  # drop a whole instruction response cut by max_tokens
+    reject_degenerate: bool = True  # empty, echoed, non-English or looping output (not in the paper)
     # instance filters (DESIGN.md step 6)
     max_instances_per_task: int = 5
     drop_truncated_last_instance: bool = True
-    drop_conflicting_outputs: bool = True
+    drop_conflicting_outputs: bool = True  # same non-empty input, different outputs: drop all of the task
+    drop_empty_output: bool = True
+    drop_input_equals_output: bool = True
+    drop_colon_ending: bool = True  # an input or output ending with ":" is usually unfinished
+    dedupe_instances: bool = True
 
 
 @dataclass
@@ -118,6 +122,8 @@ class TrackingConfig:
 @dataclass
 class PrepareConfig:
     include_seeds: bool = False  # add the seed tasks to finetune.jsonl / alpaca.json
+    random_templates: bool = True  # the paper's randomly varied prompt formats (false: one fixed format)
+    end_token: str = "<|endoftext|>"  # appended to each completion (GPT-3's end of text; "" for none)
 
 
 @dataclass
@@ -171,6 +177,11 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks that a schema cannot express; raises ConfigError naming the key."""
+    # Without the `experiment` config group on Hydra's search path (hydra_plugins/ puts experiments/
+    # there), `+experiment=NAME` would add a plain key and the defaults would run unnoticed.
+    _check("experiment" not in cfg, "experiment",
+           f"no preset named {cfg.get('experiment')!r} was loaded: the `experiment` config group is not "
+           "on Hydra's search path (the repository root, which holds hydra_plugins/, must be on sys.path)")
     _check(cfg.num_instructions >= 0, "num_instructions", f"must be >= 0, got {cfg.num_instructions}")
     for stage in cfg.stages:
         _check(stage in STAGES, "stages", f"unknown stage {stage!r}; choose from {list(STAGES)}")
@@ -204,6 +215,9 @@ def validate(cfg: DictConfig) -> None:
     _check(p.num_machine >= 0, "prompt.num_machine", f"must be >= 0, got {p.num_machine}")
     _check(p.max_list_number > p.num_human + p.num_machine, "prompt.max_list_number",
            "must be larger than prompt.num_human + prompt.num_machine")
+    _check(p.num_demos >= 1, "prompt.num_demos", f"must be >= 1, got {p.num_demos}")
+    _check(p.num_tasks_per_request > p.num_demos + 1, "prompt.num_tasks_per_request",
+           f"must be larger than prompt.num_demos + 1, got {p.num_tasks_per_request}")
 
     llm = cfg.llm
     _check(llm.backend in ("llamacpp", "openai", "openai_compatible", "fake"), "llm.backend",
@@ -211,10 +225,18 @@ def validate(cfg: DictConfig) -> None:
     _check(llm.concurrency >= 1, "llm.concurrency", f"must be >= 1, got {llm.concurrency}")
     _check(llm.max_retries >= 0, "llm.max_retries", f"must be >= 0, got {llm.max_retries}")
     _check(0.0 <= llm.fail_rate <= 1.0, "llm.fail_rate", f"must be in [0, 1], got {llm.fail_rate}")
+    _check(llm.latency_s >= 0, "llm.latency_s", f"must be >= 0, got {llm.latency_s}")
     if llm.backend == "openai_compatible":
         _check(bool(llm.base_url), "llm.base_url", "llm=openai_compatible needs llm.base_url=http://HOST:PORT/v1")
     if llm.backend in ("openai", "openai_compatible"):
         _check(bool(llm.model), "llm.model", "name the served model, e.g. llm.model=gpt-4o-mini")
+        _check(llm.timeout_s > 0, "llm.timeout_s", f"must be > 0, got {llm.timeout_s}")
+    if llm.backend == "openai" and not llm.base_url:
+        _check(bool(resolve_api_key(cfg)), "llm.api_key",
+               "llm=openai needs a key: set OPENAI_API_KEY or pass llm.api_key=...")
+    for key in ("requests_per_minute", "tokens_per_minute"):
+        value = llm[key]
+        _check(value is None or value > 0, f"llm.{key}", f"must be > 0 or null, got {value}")
     if llm.model_path is not None:
         _check(Path(llm.model_path).is_file(), "llm.model_path", f"file not found: {llm.model_path}")
 
@@ -232,7 +254,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def resolve_api_key(cfg: DictConfig) -> Optional[str]:
-    return cfg.llm.api_key or os.environ.get("OPENAI_API_KEY")
+    from .secrets import api_key  # llm.api_key, a key taken off the command line, OPENAI_API_KEY
+
+    return api_key(cfg)
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -50,3 +50,61 @@ def novelty_record(candidate: str, decision, threshold: float) -> tuple[bool, di
     return False, {"candidate": candidate, "rule": "rouge",
                    "detail": f"ROUGE-L {decision.max_score:.4f} > {threshold} with: {closest}",
                    "max_rouge": decision.max_score}
+
+
+# Degenerate model output (our addition to the paper's rules; filters.reject_degenerate turns them
+# off). Small models echo their prompt, drift into other scripts or loop on a phrase; these rules
+# name such output instead of letting it reach the data or pass as "novel" under ROUGE-L.
+_NUMBERED = re.compile(r"^\s*\d{1,3}\s*[.)]\s*")
+_WORDS = re.compile(r"[^\W\d_]+")  # letter runs: numbers and punctuation never form a "loop"
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".!?:;,")
+
+
+def prompt_segments(prompt: str) -> set[str]:
+    """The prompt's lines and sentences, normalised, with list numbers removed: what an echo
+    would reproduce (an in-context example, a sentence of the header)."""
+    segments = set()
+    for line in prompt.splitlines():
+        line = _NUMBERED.sub("", line)
+        segments.add(_norm(line))
+        segments.update(_norm(s) for s in re.split(r"(?<=[.!?])\s+", line))
+    segments.discard("")
+    return segments
+
+
+def ascii_letter_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isascii() for c in letters) / len(letters) if letters else 1.0
+
+
+def repeated_ngram(text: str, max_n: int = 8, min_repeats: int = 4) -> Optional[str]:
+    """The first n-gram (n <= max_n words) repeated back to back at least min_repeats times."""
+    words = _WORDS.findall(text.lower())
+    for n in range(1, max_n + 1):
+        streak = 0  # positions i with words[i] == words[i + n], in a row
+        for i in range(len(words) - n):
+            streak = streak + 1 if words[i] == words[i + n] else 0
+            if streak >= n * (min_repeats - 1):
+                start = i + 1 - streak
+                return " ".join(words[start:start + n])
+    return None
+
+
+def check_degenerate(text: str, segments: set[str] = frozenset(), *, min_ascii_share: float = 0.8,
+                     min_letters: int = 8) -> Optional[tuple[str, str]]:
+    """(rule, detail) if a generated text is empty, echoes the prompt, is not English, or loops."""
+    if not text.strip():
+        return "empty_response", "the model returned only whitespace"
+    if _norm(text) in segments:
+        return "echo", "identical to a line of the prompt"
+    letters = sum(c.isalpha() for c in text)
+    share = ascii_letter_share(text)
+    if letters >= min_letters and share < min_ascii_share:
+        return "not_english", f"{share:.0%} of its letters are ASCII (< {min_ascii_share:.0%})"
+    loop = repeated_ngram(text)
+    if loop is not None:
+        return "repetitive", f"{loop!r} repeated back to back"
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 
 class DataError(ValueError):
@@ -23,15 +23,14 @@ def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]
     last line (no trailing newline) when allow_torn_tail is set: a killed writer leaves those."""
     path = Path(path)
     records = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = read_text(path).split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            if allow_torn_tail and number == len(lines) and not line.endswith("\n"):
+            if allow_torn_tail and number == len(lines):  # the last piece has no newline
                 break
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
@@ -40,19 +39,31 @@ def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]
     return records
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; an unreadable file raises DataError naming it (and the line
+    of a byte that is not UTF-8)."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+
+
 def read_records(path: str | Path) -> list[dict]:
     """Records of a dataset file: JSONL, or a JSON list of objects (Alpaca's format)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file") from None
-    if head.startswith("["):
+    text = read_text(path)
+    if text.lstrip().startswith("["):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
         for i, record in enumerate(data):
@@ -67,10 +78,11 @@ def dumps(record: Any) -> str:
 
 
 def append_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """Append records in one write (the file is created even for none: an output file of the
+    contract exists, if empty, once its stage has run)."""
     lines = "".join(dumps(r) + "\n" for r in records)
-    if lines:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(lines)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
@@ -100,6 +112,8 @@ class Checkpoint:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "progress.json"
         self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        # Called at each commit for more top-level entries to save with it (the run's usage).
+        self.extra: Optional[Callable[[], dict]] = None
 
     def restore(self, stage: str, files: list[str]) -> dict:
         """Truncate the stage's files to their committed sizes; return the stage's saved state."""
@@ -125,6 +139,8 @@ class Checkpoint:
             else:
                 offsets[name] = 0
         self.data[stage] = {"offsets": offsets, "state": state}
+        if self.extra is not None:
+            self.data.update(self.extra())
         write_json_atomic(self.path, self.data)
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -43,19 +43,29 @@ class RunContext:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
+    def __post_init__(self) -> None:
+        # Usage of earlier invocations, read once. Every checkpoint commit saves it plus this
+        # invocation's, so the retries and errors of a run killed later are still counted.
+        self._usage_before = {stage: Usage(**u) for stage, u in self.checkpoint.get("usage", {}).items()}
+        self.checkpoint.extra = self._usage_record
+
+    def _usage_record(self) -> dict:
+        return {"usage": {s: u.as_dict() for s, u in self.usage_so_far().items()}}
+
     def usage_so_far(self) -> dict[str, Usage]:
         """Per-stage model usage of earlier invocations of this run dir plus this one."""
-        saved = {stage: Usage(**u) for stage, u in self.checkpoint.get("usage", {}).items()}
+        total = dict(self._usage_before)
         if self._llm is not None:
             for stage, usage in self._llm.usage.items():
-                saved[stage] = saved.get(stage, Usage()).add(usage)
-        return saved
+                total[stage] = total.get(stage, Usage()).add(usage)
+        return total
 
     def close(self) -> None:
         if self._llm is not None:
-            self.checkpoint.put("usage", {s: u.as_dict() for s, u in self.usage_so_far().items()})
+            self._usage_before = self.usage_so_far()
             self._llm.close()
             self._llm = None
+            self.checkpoint.put("usage", self._usage_record()["usage"])
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

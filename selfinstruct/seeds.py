@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import DataError
+from .io import DataError, read_text
 
 DEFAULT_SEEDS = Path(__file__).parent / "data" / "seed_tasks.jsonl"
 
@@ -64,22 +64,22 @@ def load_seeds(path: str | Path | None = None, *, limit: int | None = None,
         raise DataError(f"{path}: seed file not found")
     tasks: list[SeedTask] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            task = parse_seed(record, where)
-            if task.id in seen:
-                raise DataError(f"{where}: duplicate id {task.id!r} (first on line {seen[task.id]})")
-            seen[task.id] = number
-            tasks.append(task)
+    # read_text: an unreadable file or a byte that is not UTF-8 fails naming the file (and line)
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        task = parse_seed(record, where)
+        if task.id in seen:
+            raise DataError(f"{where}: duplicate id {task.id!r} (first on line {seen[task.id]})")
+        seen[task.id] = number
+        tasks.append(task)
     if not tasks:
         raise DataError(f"{path}: no seed tasks")
     if classification_only:

@@ -1,19 +1,25 @@
 """stats.json: the statistics of a run, computed from its files, written at the end of every run.
 
 Keys are flat and namespaced (`data/...`, `diversity/...`, `quality/...`, `cost/<stage>/...`); the
-fixed keys of DESIGN.md are always present where their inputs exist. The analyze stage adds the
-expensive statistics (spaCy verb-noun structure, ROUGE-L to seeds) to ctx-level results saved in
-analysis.json, which are merged here.
+fixed keys of DESIGN.md are always present where their inputs exist: instance counts and lengths
+only for data that has instances, classification counts only where every task has a label. The
+analyze stage saves the expensive statistics (spaCy verb-noun structure, ROUGE-L to seeds, judge) in
+analysis.json, merged here while it still describes the run's files; prepare saves instance filter
+losses and parse failures in prepare_stats.json.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from .formats import RUN_FILES, load_run_dir
 from .io import read_jsonl, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 COST_KEYS = ("requests", "seconds", "prompt_tokens", "completion_tokens", "retries", "errors", "cache_hits")
 
@@ -30,33 +36,49 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def table1_stats(data: list[dict]) -> dict[str, Any]:
-    """The paper's Table 1 counts and average lengths over data records
-    (instruction, input, output, is_classification)."""
-    instructions: dict[str, bool] = {}
-    for r in data:
-        instructions.setdefault(r["instruction"], bool(r.get("is_classification", False)))
-    num_clf = sum(instructions.values())
-    inputs = [r.get("input", "") or "" for r in data]
-    return {
-        "data/num_instructions": len(instructions),
-        "data/num_classification": num_clf,
-        "data/num_non_classification": len(instructions) - num_clf,
-        "data/num_instances": len(data),
-        "data/num_instances_empty_input": sum(1 for i in inputs if not i.strip()),
-        "data/avg_instruction_words": _mean([words(i) for i in instructions]),
-        "data/avg_input_words": _mean([words(i) for i in inputs if i.strip()]),
-        "data/avg_output_words": _mean([words(r.get("output", "") or "") for r in data]),
+def table1_stats(records: list[dict], has_instances: Optional[bool] = None) -> dict[str, Any]:
+    """The paper's Table 1 counts and average lengths (whitespace words) over normalised records
+    (instruction, input, output, is_classification; see formats.py). Instructions are counted once;
+    an instruction-only record (output None) adds no instance. has_instances (default: whether any
+    record has an output) says whether instance counts mean anything for this data."""
+    tasks: dict[str, Optional[bool]] = {}
+    for r in records:
+        if tasks.get(r["instruction"]) is None:
+            tasks[r["instruction"]] = r.get("is_classification")
+    instances = [r for r in records if r.get("output") is not None]
+    if has_instances is None:
+        has_instances = bool(instances)
+    stats: dict[str, Any] = {
+        "data/num_instructions": len(tasks),
+        "data/avg_instruction_words": _mean([words(i) for i in tasks]),
     }
+    if tasks and None not in tasks.values():  # unlabelled data (e.g. Alpaca) has no such count
+        num_clf = sum(tasks.values())
+        stats["data/num_classification"] = num_clf
+        stats["data/num_non_classification"] = len(tasks) - num_clf
+    if has_instances:
+        inputs = [r.get("input") or "" for r in instances]
+        stats.update({
+            "data/num_instances": len(instances),
+            "data/num_instances_empty_input": sum(1 for i in inputs if not i.strip()),
+            "data/avg_input_words": _mean([words(i) for i in inputs if i.strip()]),
+            "data/avg_output_words": _mean([words(r.get("output") or "") for r in instances]),
+            "quality/instances_per_instruction": len(instances) / len(tasks) if tasks else 0.0,
+        })
+    return stats
 
 
 def generation_stats(run_dir: Path) -> dict[str, Any]:
     """Acceptance and rejections by rule, from instructions.jsonl and rejected.jsonl."""
+    if not (run_dir / "instructions.jsonl").exists() and not (run_dir / "rejected.jsonl").exists():
+        return {}  # no generation here (e.g. stages=[analyze] input=PATH)
     accepted = _records(run_dir / "instructions.jsonl")
     rejected = _records(run_dir / "rejected.jsonl")
     stats: dict[str, Any] = {"generation/num_accepted": len(accepted),
                              "generation/num_rejected": len(rejected)}
-    candidates = len(accepted) + sum(1 for r in rejected if r.get("rule") not in ("request_error", "parse_failure"))
+    # rejections of whole responses that held no candidate do not count against acceptance
+    no_candidate = ("request_error", "parse_failure", "empty_response")
+    candidates = len(accepted) + sum(1 for r in rejected if r.get("rule") not in no_candidate)
     if candidates:
         stats["quality/acceptance_rate"] = len(accepted) / candidates
     for rule, n in Counter(r.get("rule", "unknown") for r in rejected).items():
@@ -83,17 +105,39 @@ def cost_stats(ctx) -> dict[str, Any]:
     return stats
 
 
+def analysis_source(run_dir: Path) -> dict[str, int]:
+    """Sizes of the run files an analysis of the run dir read; a change makes the analysis stale."""
+    return {name: (run_dir / name).stat().st_size for name in RUN_FILES if (run_dir / name).exists()}
+
+
+def load_analysis(run_dir: Path) -> Optional[dict]:
+    """analysis.json of the analyze stage, or None if absent or stale (the run's files grew since)."""
+    path = run_dir / "analysis.json"
+    if not path.exists():
+        return None
+    analysis = json.loads(path.read_text())
+    files = analysis["source"].get("files")
+    if files is not None and files != analysis_source(run_dir):
+        log.warning("%s describes older run files: its statistics are left out; rerun "
+                    "stages=[analyze] to refresh them", path)
+        return None
+    return analysis
+
+
 def write_stats(ctx) -> dict[str, Any]:
-    """Compute what the run's files allow, merge the analyze stage's results, write stats.json."""
+    """Compute what the run's files allow, merge the stages' saved statistics, write stats.json."""
     run_dir = ctx.run_dir
     stats: dict[str, Any] = {}
-    data_path = run_dir / "data.jsonl"
-    if data_path.exists():
-        stats.update(table1_stats(_records(data_path)))
+    dataset = load_run_dir(run_dir)
+    if dataset.records:
+        stats.update(table1_stats(dataset.records, dataset.has_instances))
     stats.update(generation_stats(run_dir))
-    analysis = run_dir / "analysis.json"
-    if analysis.exists():
-        stats.update(json.loads(analysis.read_text()))
+    prepared = run_dir / "prepare_stats.json"  # instance filter losses, parse failures (prepare stage)
+    if prepared.exists():
+        stats.update(json.loads(prepared.read_text()))
+    analysis = load_analysis(run_dir)
+    if analysis is not None:
+        stats.update(analysis["stats"])
     stats.update(cost_stats(ctx))
     write_json_atomic(run_dir / "stats.json", dict(sorted(stats.items())))
     return stats

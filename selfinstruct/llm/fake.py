@@ -37,6 +37,10 @@ AUDIENCES = ["for children", "for a beginner", "in two sentences", "for a busy m
              "for a blog", "in under fifty words"]
 
 
+ADJECTIVES = ["short", "clear", "friendly", "detailed", "careful", "plain", "lively", "formal"]
+ALPACA_PROMPT = re.compile(r"Task (\d+)\nInstruction:$|Continue the list with tasks")
+
+
 def _rng(*parts: object) -> random.Random:
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
@@ -83,7 +87,7 @@ class FakeLLM(LLM):
     def _answer(self, request: Request, params: Sampling) -> Completion:
         stage = request.id.split("/", 1)[0]
         rng = _rng(self.seed, request.id, request.prompt)
-        text = getattr(self, f"_answer_{stage}")(request.prompt, rng)
+        text = getattr(self, f"_answer_{stage}")(request.prompt, rng, request.chat)
         words = text.split(" ")
         finish = "stop"
         if len(words) > params.max_tokens:
@@ -91,8 +95,10 @@ class FakeLLM(LLM):
         return Completion(text, finish, prompt_tokens=len(request.prompt.split()),
                           completion_tokens=min(len(words), params.max_tokens))
 
-    def _answer_instructions(self, prompt: str, rng: random.Random) -> str:
+    def _answer_instructions(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
         """Continue the numbered list from the open number at the end of the prompt."""
+        if ALPACA_PROMPT.search(prompt):
+            return self._answer_alpaca(prompt, rng, chat)
         match = re.search(r"(\d+)\.\s*$", prompt)
         first = int(match.group(1)) if match else 1
         lines = []
@@ -101,5 +107,73 @@ class FakeLLM(LLM):
             lines.append(item if number == first else f"{number}. {item}")
         return " " + "\n".join(lines)
 
-    def _answer_classify(self, prompt: str, rng: random.Random) -> str:
-        return " Yes" if rng.random() < 0.3 else " No"
+    def _answer_classify(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
+        yes = rng.random() < 0.3
+        if chat:
+            return rng.choice(["Yes.", "**Yes**", "Yes"] if yes else ["No.", "**No**", "No, it is not."])
+        return " Yes" if yes else " No"
+
+    def _answer_judge(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
+        """A Yes/No quality verdict (prompts/judge.py): mostly yes, always no for an empty output."""
+        if "\nOutput: \n" in prompt:
+            return " No"
+        yes = rng.random() < 0.8
+        return ("Yes." if yes else "No.") if chat else (" Yes" if yes else " No")
+
+    def _answer_instances(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
+        """Up to five instances in prompts/instances.py's format (output-first when the prompt's
+        demonstrations are). Half the tasks get one of the five flaws the instance filters exist
+        for, one in 16 no instance at all."""
+        output_first = "\nLabel: " in prompt
+        number = rng.randrange(160)
+        topic = rng.choice(TOPICS)
+        if number % 16 == 15:
+            return " I am not sure what this task means."  # a parse failure
+        if output_first:
+            labels = rng.choice([["yes", "no"], ["positive", "negative", "neutral"], ["formal", "informal"]])
+            pairs = [(f"A {rng.choice(ADJECTIVES)} note about {topic} that reads as {label}.", label)
+                     for label in labels]
+        else:
+            needs_input = rng.random() < 0.75
+            pairs = [(f"Some details about {topic}, case {k}." if needs_input else "",
+                      f"A {rng.choice(ADJECTIVES)} answer about {topic} for case {k}.")
+                     for k in range(1, rng.randint(2, 4) + 1)]
+        flaw = number % 10
+        if flaw == 1:
+            pairs.append(pairs[-1])  # duplicate
+        elif flaw == 3:
+            pairs[-1] = (pairs[-1][0], "")  # empty output
+        elif flaw == 5:
+            pairs[0] = (pairs[0][0] or "x", "The answer is as follows:")  # ends with a colon
+        elif flaw == 7:
+            pairs.append((pairs[0][0] or "y", pairs[0][1] + " Or the opposite."))  # conflicting outputs
+        elif flaw == 9:
+            pairs[0] = (pairs[0][1], pairs[0][1])  # input equals output
+        blocks = []
+        for k, (inp, out) in enumerate(pairs, 1):
+            fields = [f"Label: {out}"] + ([f"Input: {inp}"] if inp else []) if output_first else \
+                ([f"Input: {inp}"] if inp else []) + [f"Output: {out}"]
+            blocks.append("\n".join(([f"Example {k}"] if k > 1 or chat else []) + fields))
+        text = "\n".join(blocks)
+        if chat:  # what chat models do to the format: a preamble and bold markers
+            text = "Sure! Here are some examples:\n\n" + re.sub(r"^(Example \d+|Label:|Input:|Output:)",
+                                                                 r"**\1**", text, flags=re.MULTILINE)
+        return text + "\n"
+
+    def _answer_alpaca(self, prompt: str, rng: random.Random, chat: bool) -> str:
+        """Alpaca-style tasks (prompts/alpaca.py's format) from the open number to the last."""
+        if chat:
+            first, last = map(int, re.search(r"tasks (\d+) to (\d+)", prompt).groups())
+        else:
+            first = int(ALPACA_PROMPT.search(prompt).group(1))
+            last = int(re.search(r"list of (\d+) tasks", prompt).group(1))
+        blocks = []
+        for number in range(first, last + 1):
+            topic = rng.choice(TOPICS)
+            inp = f"Some details about {topic}." if rng.random() < 0.6 else "(none)"
+            block = f"Task {number}\nInstruction: {fake_instruction(rng)}\nInput: {inp}"
+            if rng.random() > 0.05:  # else an incomplete task without output
+                block += f"\nOutput: A {rng.choice(ADJECTIVES)} answer about {topic}."
+            blocks.append(block)
+        text = "\n\n".join(blocks)
+        return text if chat else " " + text.split("Instruction: ", 1)[1]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..filters import check_degenerate, check_instruction, novelty_record, prompt_segments
 from ..io import append_jsonl, read_jsonl
 from ..llm import Request, Sampling
+from ..prompts import alpaca
 from ..prompts.instructions import build_prompt, parse_instruction_list, sample_in_context
 from ..rouge import RougeIndex
 
@@ -62,9 +63,13 @@ def run_instructions(ctx) -> None:
         ids += [f"instructions/{sent + k}" for k in range(fresh)]
         requests, firsts = [], []
         for request_id in ids:
-            examples = sample_in_context(request_rng(cfg.seed, request_id), seed_instructions, machine,
-                                         p.num_human, p.num_machine)
-            prompt, first = build_prompt(examples, chat=p.chat, max_list_number=p.max_list_number)
+            if p.name == "alpaca":  # seed tasks with their instances as demonstrations, no machine ones
+                demos = alpaca.sample_demos(request_rng(cfg.seed, request_id), ctx.seeds, p.num_demos)
+                prompt, first = alpaca.build_prompt(demos, chat=p.chat, num_tasks=p.num_tasks_per_request)
+            else:
+                examples = sample_in_context(request_rng(cfg.seed, request_id), seed_instructions, machine,
+                                             p.num_human, p.num_machine)
+                prompt, first = build_prompt(examples, chat=p.chat, max_list_number=p.max_list_number)
             requests.append(Request(request_id, prompt, chat=p.chat))
             firsts.append(first)
         completions = ctx.llm.complete(requests, sampling, stage="instructions")
@@ -99,7 +104,11 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
     if not completion.text.strip():
         return [], [{"candidate": "", "rule": "empty_response", "detail": "the model returned no text",
                      "finish_reason": completion.finish_reason, "request_id": request_id}]
-    candidates = [normalize(c, cfg.prompt.capitalize) for c in parse_instruction_list(completion.text, first)]
+    if cfg.prompt.name == "alpaca":  # whole tasks: instruction, input, output
+        tasks = alpaca.parse_tasks(completion.text, first, cfg.prompt.num_tasks_per_request)
+    else:
+        tasks = [{"instruction": c} for c in parse_instruction_list(completion.text, first)]
+    candidates = [normalize(t["instruction"], cfg.prompt.capitalize) for t in tasks]
     if not candidates:
         return [], [{"candidate": completion.text[:500], "rule": "parse_failure",
                      "detail": "no numbered instruction in the response", "request_id": request_id}]
@@ -107,10 +116,16 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
         return [], [{"candidate": c, "rule": "truncated_response",
                      "detail": "the response hit max_tokens; the paper discards it whole",
                      "request_id": request_id} for c in candidates]
-    rejected, passing = [], []
+    rejected, passing, fields = [], [], []
     segments = prompt_segments(prompt) if f.reject_degenerate else None
-    for candidate in candidates:
-        broken = check_instruction(candidate, f)
+    for k, (candidate, task) in enumerate(zip(candidates, tasks)):
+        broken = None
+        if cfg.prompt.name == "alpaca":  # Alpaca drops the cut last task and tasks without output
+            if k == len(tasks) - 1 and completion.finish_reason == "length":
+                broken = "truncated_response", "the last task of a response that hit max_tokens"
+            elif task["output"] is None:
+                broken = "incomplete_task", "no Output field"
+        broken = broken or check_instruction(candidate, f)
         if not broken and segments is not None:
             broken = check_degenerate(candidate, segments)
         if broken:
@@ -118,9 +133,13 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
                              "request_id": request_id})
         else:
             passing.append(candidate)
+            fields.append({key: value for key, value in task.items() if key != "instruction"})
     kept = []
-    for candidate, decision in zip(passing, index.filter(passing, f.rouge_threshold, f.top_k_similar)):
+    decisions = index.filter(passing, f.rouge_threshold, f.top_k_similar)
+    for candidate, extra, decision in zip(passing, fields, decisions):
         accepted, record = novelty_record(candidate, decision, f.rouge_threshold)
         record["request_id"] = request_id
+        if accepted:
+            record.update(extra)  # alpaca: the task's input and output
         (kept if accepted else rejected).append(record)
     return kept, rejected

@@ -1,0 +1,70 @@
+"""Filters on the instances parsed from one task's completion (DESIGN.md step 6), in the paper's
+order. Each rule has a stable name: it is the `quality/instance_filter/<rule>` key of stats.json.
+
+1. truncated_last: a completion cut by the token limit loses its last instance (usually cut off).
+2. per instance: empty_output; input_equals_output; ends_with_colon (an input or output ending
+   with ":" is usually an unfinished generation); repetitive (a phrase looped back to back, how
+   small models degenerate under greedy decoding; our addition, off with filters.reject_degenerate).
+3. conflicting_outputs: two instances with the same non-empty input but different outputs make the
+   whole task unreliable, so all its instances go. Empty inputs are exempt: an input-less task
+   (e.g. "Suggest a name for a bakery") rightly has many outputs for the one empty input.
+4. duplicate: repeated (input, output) pairs are kept once.
+5. over_cap: at most `max_instances_per_task`, chosen at random with the given rng.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from .filters import repeated_ngram
+
+RULES = ("truncated_last", "empty_output", "input_equals_output", "ends_with_colon", "repetitive",
+         "conflicting_outputs", "duplicate", "over_cap")
+
+
+def invalid_reason(inp: str, out: str, f) -> str | None:
+    if f.drop_empty_output and not out.strip():
+        return "empty_output"
+    if f.drop_input_equals_output and inp.strip() == out.strip():
+        return "input_equals_output"
+    if f.drop_colon_ending and (inp.strip().endswith(":") or out.strip().endswith(":")):
+        return "ends_with_colon"
+    if f.reject_degenerate and (repeated_ngram(inp) or repeated_ngram(out)):
+        return "repetitive"
+    return None
+
+
+def filter_instances(pairs: list[tuple[str, str]], *, truncated: bool, f,
+                     rng: random.Random) -> tuple[list[tuple[str, str]], Counter]:
+    """The (input, output) pairs that pass, in completion order, and how many each rule removed."""
+    losses: Counter = Counter()
+    pairs = [(i.strip(), o.strip()) for i, o in pairs]
+    if truncated and f.drop_truncated_last_instance and pairs:
+        pairs = pairs[:-1]
+        losses["truncated_last"] += 1
+    kept = []
+    for inp, out in pairs:
+        reason = invalid_reason(inp, out, f)
+        if reason:
+            losses[reason] += 1
+        else:
+            kept.append((inp, out))
+    if f.drop_conflicting_outputs:
+        outputs: dict[str, set[str]] = {}
+        for inp, out in kept:
+            if inp:
+                outputs.setdefault(inp, set()).add(out)
+        if any(len(outs) > 1 for outs in outputs.values()):
+            losses["conflicting_outputs"] += len(kept)
+            kept = []
+    if f.dedupe_instances:
+        unique = list(dict.fromkeys(kept))
+        losses["duplicate"] += len(kept) - len(unique)
+        kept = unique
+    cap = f.max_instances_per_task
+    if len(kept) > cap:
+        chosen = sorted(rng.sample(range(len(kept)), cap))
+        losses["over_cap"] += len(kept) - cap
+        kept = [kept[i] for i in chosen]
+    return kept, losses

@@ -1,0 +1,120 @@
+"""The analyze stage: statistics of the run's own dataset, or of any dataset file with input=PATH.
+
+Computes the paper's Table 1 counts and lengths, the verb-noun structure (Figure 3), ROUGE-L of each
+instruction to its nearest seed (Figure 4), length distributions (Figure 5), distinct-n, and with
+analyze.judge=true the model judge (Table 2). Writes
+
+    analysis.json                 {"source", "stats", "histograms", "verb_noun_top"}; its stats are
+                                  merged into stats.json while it matches the run's files
+    analysis_instructions.jsonl   one row per unique instruction: lengths, verb, noun, nearest seed
+    judge.jsonl                   the judged samples and answers (analyze.judge=true)
+    plots/*.png                   the figures (analyze.plots=true)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..formats import RUN_FILES, Dataset, load_dataset, load_run_dir
+from ..io import DataError, write_json_atomic, write_jsonl_atomic
+from ..stats import analysis_source, table1_stats, words
+
+log = logging.getLogger(__name__)
+
+
+def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dict[str, Any]:
+    """Everything the stage saves, computed from a normalised dataset (no model needed):
+    {"stats", "histograms", "verb_noun_top", "rows"}. parser: a diversity.VerbNounParser to reuse."""
+    from ..diversity import VerbNounParser, distinct_n, rouge_to_seeds, top_verb_nouns, verb_noun_stats
+
+    records = dataset.records
+    stats = table1_stats(records, dataset.has_instances)
+    texts = list(dict.fromkeys(r["instruction"] for r in records))  # unique, in file order
+    info: dict[str, dict] = {}
+    for r in records:
+        row = info.setdefault(r["instruction"], {"is_classification": None, "num_instances": 0})
+        if row["is_classification"] is None:
+            row["is_classification"] = r.get("is_classification")
+        row["num_instances"] += r.get("output") is not None
+        if "most_similar" in r:
+            row["most_similar"] = r["most_similar"]
+
+    parser = parser or VerbNounParser()
+    started = time.perf_counter()
+    pairs = parser.pairs(texts)
+    seconds = time.perf_counter() - started
+    log.info("analyze: parsed %d instructions in %.1f s (%.0f/s)", len(texts), seconds,
+             len(texts) / seconds if seconds else 0.0)
+    stats.update(verb_noun_stats(pairs))
+    stats["diversity/distinct_1"] = distinct_n(texts, 1)
+    stats["diversity/distinct_2"] = distinct_n(texts, 2)
+
+    rouge, nearest = rouge_to_seeds(texts, seed_texts)
+    if len(seed_texts) and texts:
+        stats["diversity/rouge_to_seed_mean"] = float(rouge.mean())
+        stats["diversity/rouge_to_seed_median"] = float(np.median(rouge))
+        # A seed task repeated in the data (e.g. finetuning files that include the seeds).
+        stats["diversity/num_seed_copies"] = int((rouge >= 1.0).sum())
+
+    instances = [r for r in records if r.get("output") is not None]
+    rows = []
+    for text, (verb, noun), score, j in zip(texts, pairs, rouge, nearest):
+        row = {"instruction": text, **info[text], "words": words(text), "verb": verb, "noun": noun,
+               "rouge_to_seed": float(score), "nearest_seed": seed_texts[j] if j >= 0 else None}
+        rows.append(row)
+    return {
+        "stats": stats,
+        "histograms": {
+            "instruction_words": [words(t) for t in texts],
+            "input_words": [words(r["input"] or "") for r in instances if (r["input"] or "").strip()],
+            "output_words": [words(r["output"] or "") for r in instances],
+            "rouge_to_seed": [float(x) for x in rouge] if len(seed_texts) else [],
+        },
+        "verb_noun_top": [[v, c, [list(n) for n in nouns]] for v, c, nouns in top_verb_nouns(pairs)],
+        "rows": rows,
+    }
+
+
+def _dataset(ctx) -> tuple[Optional[Dataset], dict]:
+    if ctx.cfg.input:
+        dataset = load_dataset(ctx.cfg.input)
+        return dataset, {"input": str(Path(ctx.cfg.input).resolve()), "format": dataset.format}
+    if not any(ctx.path(name).exists() for name in RUN_FILES):
+        raise DataError(f"{ctx.run_dir}: nothing to analyse: none of {list(RUN_FILES)} exists; run the "
+                        "generation stages first, or analyse a dataset file with input=PATH")
+    dataset = load_run_dir(ctx.run_dir)
+    return dataset, {"input": None, "format": dataset.format, "files": analysis_source(ctx.run_dir)}
+
+
+def run_analyze(ctx) -> None:
+    cfg = ctx.cfg
+    dataset, source = _dataset(ctx)
+    if not dataset.records:
+        log.warning("analyze: %s holds no instructions yet; nothing to analyse", ctx.run_dir)
+        return
+    seed_texts = [t.instruction for t in ctx.seeds]
+    source["num_seeds"] = len(seed_texts)
+    result = analyze_dataset(dataset, seed_texts)
+    if cfg.analyze.judge:
+        from ..judge import run_judge
+
+        judge_stats, judged = run_judge(ctx, dataset.records)
+        result["stats"].update(judge_stats)
+        write_jsonl_atomic(ctx.path("judge.jsonl"), judged)
+    rows = result.pop("rows")
+    analysis = {"source": source, **result}
+    write_jsonl_atomic(ctx.path("analysis_instructions.jsonl"), rows)
+    write_json_atomic(ctx.path("analysis.json"), analysis, indent=None)
+    s = result["stats"]
+    log.info("analyze: %d instructions, verb-noun share %.3f, top-20x4 coverage %.3f, ROUGE-L to "
+             "seed %.3f", s["data/num_instructions"], s["diversity/verb_noun_share"],
+             s["diversity/top20x4_coverage"], s.get("diversity/rouge_to_seed_mean", float("nan")))
+    if cfg.analyze.plots:
+        from ..plots import write_pngs
+
+        write_pngs(analysis, ctx.path("plots"), threshold=cfg.filters.rouge_threshold)
