@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,15 @@ def main() -> None:
     _, wall, cpu = timed(lambda: vn.pairs(texts, workers=1))
     print(f"verb-noun parse, 1 process:      {len(texts) / wall:6.0f} instructions/s "
           f"({len(texts) / cpu:.0f} per CPU-second)")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     _, wall, _ = timed(lambda: vn.pairs(texts, workers=cores))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     rate = len(texts) / wall
-    print(f"verb-noun parse, {cores} processes:    {rate:6.0f} instructions/s")
+    # On a busy machine the workers get less than their cores; this shows how much they got.
+    print(f"verb-noun parse, {cores} processes:    {rate:6.0f} instructions/s "
+          f"(workers got {worker_cpu / (wall * cores):.0%} of {cores} cores; load average "
+          f"{os.getloadavg()[0]:.1f})")
     _, wall, _ = timed(lambda: rouge_to_seeds(texts, seeds))
     print(f"ROUGE-L to {len(seeds)} seeds:           {len(texts) / wall:6.0f} instructions/s")
     _, wall, _ = timed(lambda: analyze_dataset(Dataset(dataset.format, records, dataset.has_instances),

@@ -5,8 +5,8 @@
    same demonstrations; with prefix reuse llama.cpp evaluates them once and then only each request's
    own tail. Target: >= 2x.
 2. Decoding speed: tokens/s of raw llama.cpp greedy decoding (Llama.generate on an evaluated
-   prompt) beside the completion tokens/s of our layer (LlamaCppLLM.complete) on instance-style
-   requests, prompt evaluation included.
+   prompt), of our layer (LlamaCppLLM.complete) on the same prompt, and of the pipeline on
+   instance-style requests (few-shot prompt evaluation included).
 
     python benchmarks/bench_llamacpp.py [--requests 16] [--decode-tokens 128]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -63,9 +64,12 @@ def classify_stage(llm, records: list[dict], prefix_cache: bool) -> tuple[float,
     return seconds, answers
 
 
+STORY = "Write a long story about a lighthouse keeper and the sea.\n\n"
+
+
 def raw_decode(llama, tokens: int) -> float:
     """tokens/s of greedy decoding alone (the prompt is evaluated before the clock starts)."""
-    prompt = llama.tokenize(b"Write a long story about a lighthouse keeper and the sea.\n\n")
+    prompt = llama.tokenize(STORY.encode())
     llama.reset()
     generated, started = 0, None
     for _ in llama.generate(prompt, temp=0.0, top_k=1, reset=True):
@@ -75,6 +79,20 @@ def raw_decode(llama, tokens: int) -> float:
         if generated > tokens:
             break
     return (generated - 1) / (time.perf_counter() - started)
+
+
+def layer_decode(llm, tokens: int) -> tuple[float, int]:
+    """Completion tokens/s of LlamaCppLLM.complete on raw_decode's prompt (its tiny prompt
+    evaluation included): what our layer adds to llama.cpp's decoding."""
+    from selfinstruct.llm import Request, Sampling
+
+    llm.prefix_cache = False
+    before = llm.stage_usage("bench_layer").completion_tokens
+    started = time.perf_counter()
+    llm.complete([Request("bench/0", STORY)], Sampling(max_tokens=tokens), stage="bench_layer")
+    seconds = time.perf_counter() - started
+    generated = llm.stage_usage("bench_layer").completion_tokens - before
+    return generated / seconds, generated
 
 
 def pipeline_decode(llm, n: int) -> tuple[float, int, float]:
@@ -101,13 +119,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="classify requests per measurement")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--instance-requests", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llm.n_threads (default: all cores). On a busy machine 1 thread can beat "
+                             "2: llama.cpp's threads wait for each other at every layer")
     args = parser.parse_args()
 
     from selfinstruct.llm import make_llm
     from selfinstruct.prompts.classify import build_prompt
 
-    cfg = compose(["llm=llamacpp", "llm.cache=false", "tracking=none"])
+    threads = [] if args.threads is None else [f"llm.n_threads={args.threads}"]
+    cfg = compose(["llm=llamacpp", "llm.cache=false", "tracking=none", *threads])
     llm = make_llm(cfg)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"threads: {llm.n_threads or os.cpu_count()}")
     llama = llm.load()
     records = instructions(args.requests)
     prompt_tokens = len(llama.tokenize(build_prompt(records[0]["instruction"], chat=False).encode()))
@@ -122,14 +146,16 @@ def main() -> None:
     print(f"  speed-up: {off / on:.2f}x  (target >= 2x); same answers: {answers_on == answers_off}")
 
     raw = raw_decode(llama, args.decode_tokens)
+    layer, layer_tokens = layer_decode(llm, args.decode_tokens)
     ours, tokens, seconds = pipeline_decode(llm, args.instance_requests)
     print("decoding:")
     print(f"  raw llama.cpp greedy decoding       {raw:6.1f} tokens/s")
+    print(f"  our layer, same prompt              {layer:6.1f} tokens/s  ({layer_tokens} tokens)")
     print(f"  pipeline (instances requests)       {ours:6.1f} tokens/s  ({tokens} tokens in {seconds:.1f} s, "
-          f"prompt evaluation included)")
+          f"few-shot prompt evaluation included)")
     print(json.dumps({"classify_rps_off": n / off, "classify_rps_on": n / on, "speedup": off / on,
                       "same_answers": answers_on == answers_off, "raw_decode_tps": raw,
-                      "pipeline_tps": ours}))
+                      "layer_decode_tps": layer, "pipeline_tps": ours}))
     llm.close()
 
 

@@ -11,12 +11,15 @@ Jobs, each timed in a fresh child process (so start-up and peak RSS are the job'
    its pairs/s on a sample, and the decisions, max scores and top-10 of the paper's loop run with
    rouge-score itself on a prefix of the candidates (the whole job would take it hours).
 2. Synthetic: 100K instruction-like word sequences (Zipf-distributed words, real length
-   distribution clipped to 5-40 tokens), same filter; time and peak RSS.
+   distribution clipped to 5-40 tokens, 10% edited copies of earlier ones), same filter; time and
+   peak RSS.
 3. The bit-parallel limit: rapidfuzz's raw LCS throughput (cdist, no pruning, no F) on the same
    data, and the time the naive pair count would take at that rate.
 
 "Effective pairs/s" counts the pairs the naive algorithm compares (each candidate against the
-whole pool at that moment), divided by our wall time including start-up.
+whole pool at that moment), divided by our wall time including start-up. The reference rates
+(rouge-score, raw cdist) are best of 3, our times a single run: on a shared machine this errs
+against us.
 """
 
 from __future__ import annotations
@@ -176,9 +179,11 @@ def job_raw_cdist(seeds: list[str], candidates: list[str], workers: int, nq: int
     rng = random.Random(0)
     queries, choices = rng.sample(enc, min(nq, len(enc))), rng.sample(enc, min(nc, len(enc)))
     cdist(queries[:64], choices[:64], scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
-    t = time.perf_counter()
-    m = cdist(queries, choices, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
-    dt = time.perf_counter() - t
+    dt = float("inf")
+    for _ in range(3):  # best of 3: the machine may be shared
+        t = time.perf_counter()
+        m = cdist(queries, choices, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
+        dt = min(dt, time.perf_counter() - t)
     return {"pairs": m.size, "seconds": dt, "pairs_per_s": m.size / dt}
 
 
@@ -196,10 +201,13 @@ def rouge_score_rate(texts: list[str], pairs: int) -> float:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     rng = random.Random(1)
     sample = [(rng.choice(texts), rng.choice(texts)) for _ in range(pairs)]
-    t = time.perf_counter()
-    for target, prediction in sample:
-        scorer.score(target, prediction)
-    return pairs / (time.perf_counter() - t)
+    best = float("inf")
+    for part in (sample[0::3], sample[1::3], sample[2::3]):  # best of 3: the machine may be shared
+        t = time.perf_counter()
+        for target, prediction in part:
+            scorer.score(target, prediction)
+        best = min(best, (time.perf_counter() - t) / len(part))
+    return 1.0 / best
 
 
 def rouge_score_loop(seeds: list[str], candidates: list[str]) -> tuple[list, float]:
@@ -234,7 +242,7 @@ def main() -> None:
     n_real_target = 3_000 if quick else 20_000
     n_prefix = 300 if quick else 2_000
     n_synth = 5_000 if quick else 100_000
-    n_rs_pairs = 1_000 if quick else 4_000
+    n_rs_pairs = 1_500 if quick else 6_000
     w = args.workers
 
     if not (DATA / "runs").is_dir():
@@ -253,7 +261,8 @@ def main() -> None:
           f"threshold {THRESHOLD}, top {TOP_K}")
 
     rs_rate = rouge_score_rate(seeds + candidates, n_rs_pairs)
-    print(f"rouge-score RougeScorer.score:      {rs_rate:12,.0f} pairs/s  (sample of {n_rs_pairs:,} pairs)")
+    print(f"rouge-score RougeScorer.score:      {rs_rate:12,.0f} pairs/s  (best of 3 x {n_rs_pairs // 3:,} "
+          f"random pairs)")
 
     r = in_child(job_filter, seeds, candidates, w)
     ours = r["naive_pairs"] / r["total_s"]
@@ -267,7 +276,7 @@ def main() -> None:
           f"(RSS {r['rss_before_mb']:.0f} MB before import)")
 
     raw = in_child(job_raw_cdist, seeds, candidates, w, 2048, 16384)
-    print(f"bit-parallel limit (raw cdist LCS): {raw['pairs_per_s']:12,.0f} pairs/s  -> the naive pair "
+    print(f"bit-parallel limit (raw cdist LCS): {raw['pairs_per_s']:12,.0f} pairs/s  (best of 3) -> the naive pair "
           f"count takes {r['naive_pairs'] / raw['pairs_per_s']:.2f} s at that rate; ours "
           f"{r['total_s']:.2f} s = {r['total_s'] / (r['naive_pairs'] / raw['pairs_per_s']):.2f}x of it")
 
@@ -296,7 +305,7 @@ def main() -> None:
     print(f"peak RSS of the filter process:     {s['peak_rss_mb']:12,.0f} MB  "
           f"(RSS {s['rss_before_mb']:.0f} MB before import; {len(synth):,} candidates held)")
     raw = in_child(job_raw_cdist, seeds, synth, w, 2048, 16384)
-    print(f"bit-parallel limit (raw cdist LCS): {raw['pairs_per_s']:12,.0f} pairs/s  -> the naive pair "
+    print(f"bit-parallel limit (raw cdist LCS): {raw['pairs_per_s']:12,.0f} pairs/s  (best of 3) -> the naive pair "
           f"count takes {s['naive_pairs'] / raw['pairs_per_s']:.1f} s at that rate; ours "
           f"{s['total_s']:.1f} s = {s['total_s'] / (s['naive_pairs'] / raw['pairs_per_s']):.2f}x of it")
 

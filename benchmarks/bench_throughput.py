@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,7 @@ def main() -> None:
         proc.kill()
     ideal = args.requests / args.concurrency * args.latency
     rows = [("bare AsyncOpenAI", min(bare)), ("selfinstruct classify stage", min(ours))]
+    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{args.requests} classify requests, concurrency {args.concurrency}, "
           f"server latency {args.latency * 1000:.0f} ms (ideal {args.requests / ideal:.0f} req/s)")
     for name, seconds in rows:

@@ -56,7 +56,9 @@ class PromptConfig:
     num_demos: int = 3  # alpaca: seed demonstrations per request
     num_tasks_per_request: int = 20  # alpaca: tasks asked for per request
     max_list_number: int = 16  # stop at this list item (paper: 16)
-    capitalize: bool = False  # upper-case the first letter of generated instructions (original code does)
+    # Upper-case the first letter of generated instructions. The original code calls str.capitalize(),
+    # which also lower-cases the rest (mangling names and acronyms); this keeps the rest as written.
+    capitalize: bool = False
 
 
 @dataclass
@@ -247,6 +249,10 @@ def validate(cfg: DictConfig) -> None:
         _check(False, "seeds.path", "seeds=file needs seeds.path=PATH (JSONL in the original format)")
     if s.limit is not None:
         _check(s.limit >= 1, "seeds.limit", f"must be >= 1, got {s.limit}")
+
+    a = cfg.analyze
+    _check(a.judge_sample >= 1, "analyze.judge_sample", f"must be >= 1, got {a.judge_sample}")
+    _check(a.num_examples >= 0, "analyze.num_examples", f"must be >= 0, got {a.num_examples}")
 
     t = cfg.tracking
     _check(t.mode in (None, "online", "offline", "disabled"), "tracking.mode",

@@ -2,7 +2,7 @@
 
 Both notebooks find the run to analyse in the environment variable SELFINSTRUCT_RUN, else take the
 newest run under outputs/ (verb_noun_diversity) or the newest sweep under multirun/ (compare_runs),
-looked up in the current directory and in the repository root.
+looked up in the current directory and its parent (the repository root, for notebooks/).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _roots() -> list[Path]:
-    return list(dict.fromkeys([Path.cwd(), Path.cwd().parent, REPO]))
+    # the current directory, and its parent for notebooks running in notebooks/
+    return [Path.cwd(), Path.cwd().parent]
 
 
 def find_run(kind: str = "run") -> Path:
@@ -122,9 +123,11 @@ def verb_rank_curve(rows: pd.DataFrame) -> pd.Series:
 
 def seed_dataset(run: dict) -> Dataset:
     """The seed tasks the run was configured with, as a dataset."""
-    path = None
-    if run["config"] is not None:
-        path = run["config"].seeds.path
+    path = run["config"].seeds.path if run["config"] is not None else None
+    if path and not Path(path).is_absolute():  # relative to where run.py was started
+        hydra_file = run["dir"] / ".hydra" / "hydra.yaml"
+        cwd = OmegaConf.load(hydra_file).hydra.runtime.cwd if hydra_file.exists() else REPO
+        path = Path(cwd) / path
     seeds = load_seeds(path)
     records = [record(t.instruction, i.input, i.output, t.is_classification)
                for t in seeds for i in t.instances]

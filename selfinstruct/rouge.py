@@ -163,6 +163,24 @@ class _Bucket:
         return self._arrays
 
 
+def _sort_entries(r: np.ndarray, v: np.ndarray, ix: np.ndarray):
+    """Sort (row, score, pool index) triples by row, score descending, pool index.
+
+    Same order as np.lexsort((ix, -v, r)), but about 3x faster: the distinct scores are ranked
+    (exactly: np.unique compares the floats themselves) and the three keys packed into one int64.
+    """
+    uniq, vrank = np.unique(v, return_inverse=True)
+    bits_ix, bits_v = max(int(ix.max(initial=0)).bit_length(), 1), max(len(uniq).bit_length(), 1)
+    if int(r.max(initial=0)).bit_length() + bits_v + bits_ix > 63:  # not packable: plain lexsort
+        order = np.lexsort((ix, -v, r))
+        return r[order], v[order], ix[order]
+    desc = len(uniq) - 1 - vrank.astype(np.int64)  # 0 for the highest score
+    key = (r.astype(np.int64) << (bits_v + bits_ix)) | (desc << bits_ix) | ix
+    key.sort()
+    desc = (key >> bits_ix) & ((1 << bits_v) - 1)
+    return key >> (bits_v + bits_ix), uniq[len(uniq) - 1 - desc], key & ((1 << bits_ix) - 1)
+
+
 class _TopK:
     """Per-row top-k of (score desc, pool index asc); -1 marks an empty slot."""
 
@@ -185,9 +203,7 @@ class _TopK:
         v = np.concatenate([self.val[touched].ravel(), vals])
         ix = np.concatenate([self.idx[touched].ravel(), idxs])
         ok = v >= 0.0
-        r, v, ix = r[ok], v[ok], ix[ok]
-        order = np.lexsort((ix, -v, r))
-        r, v, ix = r[order], v[order], ix[order]
+        r, v, ix = _sort_entries(r[ok], v[ok], ix[ok])
         rank = np.arange(r.size) - np.searchsorted(r, r, side="left")
         keep = rank < k
         self.val[touched] = -1.0

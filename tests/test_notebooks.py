@@ -54,3 +54,23 @@ def test_compare_runs_notebook(tmp_path_factory, monkeypatch):
     assert all(f"{m:.6f}" in text for m in means)  # both jobs in the tables (pandas shows 6 decimals)
     assert "W&B API: offline (no WANDB_API_KEY), skipped" in text
     assert "image/png" in kinds  # the plots against the swept values
+
+
+def test_default_run_is_the_newest_under_outputs_and_multirun(tmp_path, monkeypatch):
+    import os
+
+    from selfinstruct.notebook_utils import find_run
+
+    monkeypatch.delenv("SELFINSTRUCT_RUN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for i, rel in enumerate(["outputs/2026-01-02/09-00-00", "outputs/2026-01-01/10-00-00",
+                             "multirun/2026-01-01/08-00-00/0", "multirun/2026-01-01/08-00-00/1",
+                             "multirun/2026-01-03/07-00-00/0"]):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "stats.json").write_text("{}")
+        os.utime(tmp_path / rel / "stats.json", (1000 + i, 1000 + i))
+    assert find_run("run") == tmp_path / "outputs/2026-01-01/10-00-00"  # newest stats.json
+    assert find_run("sweep") == tmp_path / "multirun/2026-01-03/07-00-00"
+    monkeypatch.setenv("SELFINSTRUCT_RUN", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="SELFINSTRUCT_RUN"):
+        find_run("run")

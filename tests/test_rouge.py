@@ -89,6 +89,18 @@ def test_f_is_bit_symmetric_for_all_lengths():
     assert rouge._f_scalar(7, 10, 10) == rouge._f_measure(np.array([7]), 10, 10)[0] == 0.7
 
 
+@pytest.mark.parametrize("max_ix", [50, 2**40, 2**60])  # 2**60 takes the lexsort fallback
+def test_top_k_sort_order(max_ix):
+    rng = np.random.default_rng(7)
+    r = rng.integers(0, 30, 5000)
+    v = rng.integers(0, 40, 5000) / 39.0  # many ties
+    v[::7] = np.nextafter(v[::7], 2.0)  # and values one ulp apart
+    ix = rng.integers(0, max_ix, 5000)
+    order = np.lexsort((ix, -v, r))  # row, then score descending, then the earlier pool entry
+    for got, want in zip(rouge._sort_entries(r, v, ix), (r[order], v[order], ix[order])):
+        assert np.array_equal(got, want) and got.dtype == want.dtype
+
+
 def _tokens(n: int, start: int = 0) -> list[str]:
     return [f"w{i}" for i in range(start, start + n)]
 

@@ -1,4 +1,5 @@
-"""The analyze stage: statistics of the run's own dataset, or of any dataset file with input=PATH.
+"""The analyze stage: statistics of the run's own dataset, or of any dataset file with input=PATH
+(formats.py detects its format; with stages=[dedup,analyze] the run's deduplicated instructions).
 
 Computes the paper's Table 1 counts and lengths, the verb-noun structure (Figure 3), ROUGE-L of each
 instruction to its nearest seed (Figure 4), length distributions (Figure 5), distinct-n, and with
@@ -41,8 +42,8 @@ def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dic
         if row["is_classification"] is None:
             row["is_classification"] = r.get("is_classification")
         row["num_instances"] += r.get("output") is not None
-        if "most_similar" in r:
-            row["most_similar"] = r["most_similar"]
+        if "most_similar" in r:  # the generator's nearest pool neighbours: the 3 closest suffice
+            row["most_similar"] = dict(sorted(r["most_similar"].items(), key=lambda kv: -kv[1])[:3])
 
     parser = parser or VerbNounParser()
     started = time.perf_counter()
@@ -81,7 +82,8 @@ def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dic
 
 
 def _dataset(ctx) -> tuple[Optional[Dataset], dict]:
-    if ctx.cfg.input:
+    # With dedup in the same run, `input` is dedup's input: analyse what dedup kept instead.
+    if ctx.cfg.input and "dedup" not in ctx.cfg.stages:
         dataset = load_dataset(ctx.cfg.input)
         return dataset, {"input": str(Path(ctx.cfg.input).resolve()), "format": dataset.format}
     if not any(ctx.path(name).exists() for name in RUN_FILES):

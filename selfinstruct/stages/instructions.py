@@ -6,6 +6,8 @@ and every instruction accepted before. A round's records are committed together 
 so a killed run resumes at the first unfinished round and ends as an uninterrupted run would.
 A request that failed even after the backend's retries is recorded (rule request_error) and noted
 in the checkpoint; the next invocation of the same run dir sends it again first.
+With prompt=alpaca a request shows seed tasks and asks for whole tasks (prompts/alpaca.py); the
+same filters judge their instructions, and accepted records carry the task's input and output too.
 """
 
 from __future__ import annotations
