@@ -41,22 +41,6 @@ def parse_flag(value) -> Optional[bool]:
 
 # --- the original self-instruct raw instance completions (prepare_for_finetuning's parsing) -------
 
-_EXAMPLE = re.compile(r"Example\s?\d*\.?")
-_OUTPUT = re.compile(r"Output\s*\d*\s*:")
-_INPUT = re.compile(r"Input\s*\d*\s*:")
-
-
-def _input_output(text: str) -> tuple[str, str]:
-    if _OUTPUT.search(text):
-        before, after = _OUTPUT.split(text, maxsplit=1)
-        inp, out = before.strip(), after.strip()
-    else:
-        inp, out = "", text.strip()
-    out = _INPUT.split(out, maxsplit=1)[0]  # a second example run on after the output
-    inp = re.sub(r"^Input\s*\d*\s*:", "", inp.strip())
-    return inp.strip(), out.strip()
-
-
 def _finish_reason(metadata) -> Optional[str]:
     try:
         return metadata["response"]["choices"][0]["finish_reason"]
@@ -65,24 +49,15 @@ def _finish_reason(metadata) -> Optional[str]:
 
 
 def parse_raw_instances(text: str, truncated: bool) -> tuple[bool, list[tuple[str, str]]]:
-    """(is_classification, [(input, output)]) of one raw instance completion. Classification tasks
-    were prompted output-first ("Class label: ..." then the input); others input-first
-    ("Example 1 / Input: / Output:"). The last instance of a length-truncated completion is
-    dropped, as it is usually cut off; no other filter is applied."""
-    text = text.strip()
-    if "Class label:" in text:
-        pairs = []
-        for chunk in text.split("Class label:")[1:]:
-            label, _, inp = chunk.strip().partition("\n")
-            pairs.append((inp.strip(), label.strip()))
-        clf = True
-    elif _EXAMPLE.search(text):
-        chunks = [c.strip() for c in _EXAMPLE.split(text) if c.strip()]
-        pairs, clf = [_input_output(c) for c in chunks], False
-    elif _OUTPUT.search(text):
-        pairs, clf = [_input_output(text)], False
-    else:
-        pairs, clf = [], False
+    """(is_classification, [(input, output)]) of one raw instance completion of the original code:
+    classification tasks were prompted output-first (label lines), others input-first. The same
+    parser as our prepare stage (checked against real runs in tests/test_fidelity.py). The last
+    instance of a length-truncated completion is dropped, as it is usually cut off; no other filter
+    is applied."""
+    from .prompts.instances import LABEL_LINE, parse_instances
+
+    clf = bool(LABEL_LINE.search(text))
+    pairs = parse_instances(text, output_first=clf)
     if truncated:
         pairs = pairs[:-1]
     return clf, pairs

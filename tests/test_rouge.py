@@ -277,25 +277,13 @@ def test_threshold_semantics_and_most_similar_order():
 
 def _real_instructions() -> tuple[list[str], list[str]]:
     if not (DATA / "runs").is_dir():
-        pytest.skip(f"real instruction data not found at {DATA / 'runs'}")
-    seeds_file = DATA / "self-instruct" / "data" / "seed_tasks.jsonl"
-    seeds = [json.loads(line)["instruction"] for line in seeds_file.open()] if seeds_file.exists() else []
-    texts, seen = [], set()
-    for path in sorted((DATA / "runs").glob("*/*")):
-        if path.suffix == ".json":
-            records = json.loads(path.read_text())
-        elif path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.open() if line.strip()]
-        else:
-            continue
-        for r in records:
-            t = r.get("instruction") if isinstance(r, dict) else None
-            if isinstance(t, str) and t not in seen:
-                seen.add(t)
-                texts.append(t)
+        pytest.skip(f"../shared is absent: real instruction data not found at {DATA / 'runs'}")
+    from benchmarks.bench_rouge import load_real_instructions, load_seeds
+
+    texts = load_real_instructions()
     if len(texts) < 2000:
         pytest.skip(f"too few real instructions under {DATA / 'runs'}")
-    return seeds, texts
+    return load_seeds(), texts
 
 
 def _near_duplicate(rng: random.Random, text: str) -> str:

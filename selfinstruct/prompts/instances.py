@@ -106,7 +106,7 @@ _EXAMPLE = re.compile(r"^[ \t]*Example[ \t]*\d*[ \t]*[.:)]?[ \t]*$", re.MULTILIN
 _NEXT_TASK = re.compile(r"^[ \t]*Task[ \t]*:", re.MULTILINE)
 _OUTPUT = re.compile(r"^[ \t]*Output[ \t]*\d*[ \t]*:", re.MULTILINE)
 _RUN_ON = re.compile(r"^[ \t]*(?:Input|Output)[ \t]*\d*[ \t]*:", re.MULTILINE)
-_LABEL = re.compile(r"^[ \t]*(?:Class[ \t]+)?Label[ \t]*\d*[ \t]*:", re.MULTILINE | re.IGNORECASE)
+LABEL_LINE = re.compile(r"^[ \t]*(?:Class[ \t]+)?Label[ \t]*\d*[ \t]*:", re.MULTILINE | re.IGNORECASE)
 _INPUT_PREFIX = re.compile(r"^\s*Input[ \t]*\d*[ \t]*:")
 
 
@@ -141,7 +141,7 @@ def _output_first(text: str) -> list[tuple[str, str]]:
     """(input, label) per label line: the label is the rest of its line, the input the lines up to
     the next label (minus an "Input:" marker). Text before the first label is not an instance."""
     text = _EXAMPLE.sub("", text)
-    starts = list(_LABEL.finditer(text))
+    starts = list(LABEL_LINE.finditer(text))
     pairs = []
     for k, match in enumerate(starts):
         end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
