@@ -230,6 +230,36 @@ def rouge_score_loop(seeds: list[str], candidates: list[str]) -> tuple[list, flo
     return out, time.perf_counter() - t
 
 
+def dedup_end_to_end(candidates: list[str], filtered: dict, ref: list, rs_rate: float) -> None:
+    """`python run.py stages=[dedup] input=FILE` as a user runs it: the whole process, start-up
+    included, against the original seeds; its decisions compared with the in-process filter on all
+    candidates and with rouge-score's loop on the prefix it was run on."""
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "candidates.jsonl"
+        data.write_text("".join(json.dumps({"instruction": c}) + "\n" for c in candidates))
+        run_dir = Path(tmp) / "run"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(repo / "run.py"), "stages=[dedup]", f"input={data}",
+                        "seeds=file", f"seeds.path={DATA / 'self-instruct' / 'data' / 'seed_tasks.jsonl'}",
+                        "tracking=none", f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        decisions = [None] * len(candidates)
+        for name, keep in (("instructions.jsonl", True), ("rejected.jsonl", False)):
+            for line in (run_dir / name).open():
+                rec = json.loads(line)
+                decisions[rec["source_index"]] = (keep, rec["max_rouge"])
+    same = sum(d == (f[0], f[1]) for d, f in zip(decisions, filtered["decisions"]))
+    same_ref = sum(d == (b[0], b[1]) for d, b in zip(decisions, ref))
+    print(f"stages=[dedup] (whole process):     {wall:12.2f} s  -> {filtered['naive_pairs'] / rs_rate / wall:,.0f} x "
+          f"rouge-score's ~{filtered['naive_pairs'] / rs_rate / 3600:.1f} h")
+    print(f"  decisions + max scores identical to the in-process filter: {same:,} / {len(candidates):,}; "
+          f"to rouge-score's loop on the prefix: {same_ref:,} / {len(ref):,}")
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -291,6 +321,8 @@ def main() -> None:
           f"({sum(not b[0] for b in ref)} rejections in the prefix)")
     print(f"  max scores bit-identical:         {same_max:,} / {n_prefix:,}")
     print(f"  top-{TOP_K} most_similar identical:   {same_top:,} / {n_prefix:,}")
+
+    dedup_end_to_end(candidates, r, ref, rs_rate)
 
     print(f"\n== Synthetic: {len(seeds)} seeds + {n_synth:,} Zipf word sequences (5-40 tokens, "
           f"10% edited copies)")

@@ -4,6 +4,8 @@ Writes instructions.jsonl and rejected.jsonl in the formats of the generation st
 
 from __future__ import annotations
 
+import os
+
 from tqdm import tqdm
 
 from ..filters import novelty_record
@@ -24,7 +26,7 @@ def load_instructions(path: str) -> list[dict]:
 def run_dedup(ctx) -> None:
     f = ctx.cfg.filters
     records = load_instructions(ctx.cfg.input)
-    index = RougeIndex([t.instruction for t in ctx.seeds])
+    index = RougeIndex([t.instruction for t in ctx.seeds], workers=os.cpu_count() or 1)
     kept, rejected = [], []
     with tqdm(total=len(records), desc="dedup", unit="inst") as bar:
         for start in range(0, len(records), CHUNK):
