@@ -4,20 +4,16 @@ raw (the model's answer as returned)."""
 
 from __future__ import annotations
 
-import logging
-
 from ..llm import Request, Sampling
 from ..prompts.classify import build_prompt, parse_answer
-from .per_instruction import done_ids, read_instructions, run_requests
+from .per_instruction import done_ids, read_instructions, run_requests, skipped_for_alpaca
 
-log = logging.getLogger(__name__)
 FILE = "classification.jsonl"
 
 
 def run_classify(ctx) -> None:
     cfg = ctx.cfg
-    if cfg.prompt.name == "alpaca":
-        log.info("classify: skipped: with prompt=alpaca each task comes with its input and output")
+    if skipped_for_alpaca(ctx, "classify"):
         return
     instructions = read_instructions(ctx, "classify")
     done = done_ids(ctx, "classify", FILE)

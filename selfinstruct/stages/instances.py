@@ -11,7 +11,7 @@ import logging
 from ..io import read_jsonl
 from ..llm import Request, Sampling
 from ..prompts.instances import build_prompt
-from .per_instruction import done_ids, read_instructions, run_requests
+from .per_instruction import done_ids, read_instructions, run_requests, skipped_for_alpaca
 
 log = logging.getLogger(__name__)
 FILE = "instances_raw.jsonl"
@@ -19,8 +19,7 @@ FILE = "instances_raw.jsonl"
 
 def run_instances(ctx) -> None:
     cfg = ctx.cfg
-    if cfg.prompt.name == "alpaca":
-        log.info("instances: skipped: with prompt=alpaca each task comes with its input and output")
+    if skipped_for_alpaca(ctx, "instances"):
         return
     instructions = read_instructions(ctx, "instances")
     labels_path = ctx.path("classification.jsonl")

@@ -42,7 +42,7 @@ def normalize(text: str, capitalize: bool) -> str:
 
 
 def run_instructions(ctx) -> None:
-    cfg, f, p = ctx.cfg, ctx.cfg.filters, ctx.cfg.prompt
+    cfg, p = ctx.cfg, ctx.cfg.prompt
     state = ctx.checkpoint.restore("instructions", FILES)
     sent = state.get("requests", 0)
     retry = list(state.get("failed", []))  # failed requests of an earlier invocation: asked again

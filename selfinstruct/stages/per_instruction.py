@@ -61,3 +61,12 @@ def run_requests(ctx, stage: str, file: str, todo: list[dict], total: int,
     bar.close()
     if failed:
         log.warning("%s: %d requests failed; rerun with the same hydra.run.dir to retry them", stage, failed)
+
+
+def skipped_for_alpaca(ctx, stage: str) -> bool:
+    """With prompt=alpaca each generated task already has its input and output, so the stages
+    that classify instructions and generate instances have nothing to do."""
+    if ctx.cfg.prompt.name != "alpaca":
+        return False
+    log.info("%s: skipped: with prompt=alpaca each task comes with its input and output", stage)
+    return True
