@@ -26,7 +26,7 @@ def main(cfg: DictConfig):
     from hydra.types import RunMode
 
     from selfinstruct.config import ConfigError
-    from selfinstruct.io import DataError
+    from selfinstruct.files import DataError
     from selfinstruct.pipeline import run
     from selfinstruct.secrets import protect_run
 

@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="analyse only the first N instructions")
     args = parser.parse_args()
 
-    from selfinstruct.diversity import VerbNounParser, rouge_to_seeds
-    from selfinstruct.formats import Dataset, load_dataset
-    from selfinstruct.seeds import load_seeds
-    from selfinstruct.stages.analyze import analyze_dataset
+    from selfinstruct.analysis.diversity import VerbNounParser, rouge_to_seeds
+    from selfinstruct.datasets.formats import Dataset, load_dataset
+    from selfinstruct.datasets.seeds import load_seeds
+    from selfinstruct.analysis.analyze import analyze_dataset
 
     dataset = load_dataset(args.input)
     texts = list(dict.fromkeys(r["instruction"] for r in dataset.records))[: args.limit]

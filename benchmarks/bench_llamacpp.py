@@ -45,9 +45,9 @@ def instructions(n: int) -> list[dict]:
 
 def classify_stage(llm, records: list[dict], prefix_cache: bool) -> tuple[float, list[str]]:
     """Seconds for the classify stage over records in a fresh run dir; its raw answers."""
-    from selfinstruct.io import Checkpoint, write_jsonl_atomic
+    from selfinstruct.files import write_jsonl_atomic
     from selfinstruct.pipeline import RunContext
-    from selfinstruct.stages.classify import run_classify
+    from selfinstruct.generation.classify import run_classify
 
     cfg = compose(["llm=llamacpp", f"llm.prefix_cache={str(prefix_cache).lower()}", "llm.cache=false",
                    "tracking=none"])
@@ -56,7 +56,8 @@ def classify_stage(llm, records: list[dict], prefix_cache: bool) -> tuple[float,
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         write_jsonl_atomic(run_dir / "instructions.jsonl", records)
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, seeds=[], checkpoint=Checkpoint(run_dir), _llm=llm)
+        ctx = RunContext.open(cfg, run_dir, seeds=[])
+        ctx._llm = llm
         started = time.perf_counter()
         run_classify(ctx)
         seconds = time.perf_counter() - started

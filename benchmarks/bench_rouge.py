@@ -76,7 +76,7 @@ EDIT_WORDS = ["new", "short", "given", "following", "list", "simple", "please", 
 
 def near_duplicates(rng: random.Random, texts: list[str], count: int) -> list[str]:
     """Copies with 1-3 words substituted / inserted / deleted, kept when 0.6 <= F <= 0.8."""
-    from selfinstruct.rouge import rouge_l_f, tokenize
+    from selfinstruct.filtering.rouge import rouge_l_f, tokenize
 
     pool = [t for t in texts if 5 <= len(tokenize(t)) <= 20]
     out = []
@@ -103,7 +103,7 @@ def synthetic_instructions(n: int, real: list[str], seed: int = 0) -> list[str]:
     copies of an earlier sequence with 1-3 words replaced."""
     from collections import Counter
 
-    from selfinstruct.rouge import tokenize
+    from selfinstruct.filtering.rouge import tokenize
 
     rng = np.random.default_rng(seed)
     toks = [tokenize(t) for t in real]
@@ -149,7 +149,7 @@ def job_filter(seeds: list[str], candidates: list[str], workers: int) -> dict:
     """Import, build the index on the seeds, filter everything; report time and memory."""
     rss0 = rss_mb()
     t0 = time.perf_counter()
-    from selfinstruct.rouge import RougeIndex  # start-up is part of the measured time
+    from selfinstruct.filtering.rouge import RougeIndex  # start-up is part of the measured time
 
     index = RougeIndex(seeds, workers=workers)
     t1 = time.perf_counter()
@@ -172,7 +172,7 @@ def job_raw_cdist(seeds: list[str], candidates: list[str], workers: int, nq: int
     from rapidfuzz.distance import LCSseq
     from rapidfuzz.process import cdist
 
-    from selfinstruct.rouge import RougeIndex
+    from selfinstruct.filtering.rouge import RougeIndex
 
     index = RougeIndex(workers=workers)
     enc = [index._encode(t) for t in seeds + candidates]  # the filter's own encoding

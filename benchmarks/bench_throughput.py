@@ -51,10 +51,10 @@ def run_stage(base_url: str, records: list[dict], concurrency: int) -> float:
     from hydra import compose, initialize_config_dir
 
     import selfinstruct.config  # noqa: F401
-    from selfinstruct.io import Checkpoint, write_jsonl_atomic
+    from selfinstruct.files import write_jsonl_atomic
     from selfinstruct.llm import Request, Sampling
     from selfinstruct.pipeline import RunContext
-    from selfinstruct.stages.classify import run_classify
+    from selfinstruct.generation.classify import run_classify
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["llm=openai_compatible", f"llm.base_url={base_url}",
@@ -63,7 +63,7 @@ def run_stage(base_url: str, records: list[dict], concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         write_jsonl_atomic(run_dir / "instructions.jsonl", records)
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, seeds=[], checkpoint=Checkpoint(run_dir))
+        ctx = RunContext.open(cfg, run_dir, seeds=[])
         # connect once, as the bare client does: imports and the first connection are not throughput
         ctx.llm.complete([Request("warmup/0", "Task: x")], Sampling(max_tokens=3), stage="warmup")
         started = time.perf_counter()

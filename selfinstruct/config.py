@@ -1,50 +1,29 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-Every YAML file under conf/ extends one of these schemas (its defaults list names the schema), so a
-misspelt key or a value of the wrong type fails when Hydra composes the config. Checks on values
-(ranges, existing files) live in `validate`, which runs before any model is loaded.
+Every YAML file under conf/ extends one schema (its defaults list names `/<group>_schema` or, for
+llm, the backend's own schema, which lives beside the backend's code in selfinstruct/llm/), so a
+wrong type fails when Hydra composes the config. `validate`, which runs before any model is loaded,
+then refuses keys no schema declares (a misspelt `+filters.rouge_treshold=0.5`; Hydra lets `+` add
+keys) and checks values (ranges, existing files), each group's checks beside its schema. Every
+error names the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-STAGES = ("instructions", "classify", "instances", "prepare", "analyze", "dedup")
+from selfinstruct.errors import ConfigError
+from selfinstruct.llm import BACKENDS, backend_schema
+from selfinstruct.llm.base import Sampling, check
+from selfinstruct.stages import NAMES as STAGES
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key."""
-
-
-@dataclass
-class LLMConfig:
-    backend: str = MISSING  # llamacpp | openai | openai_compatible | fake
-    model: str = ""
-    # OpenAI and compatible servers
-    base_url: Optional[str] = None
-    api_key: Optional[str] = None  # default: OPENAI_API_KEY; never written to any output
-    endpoint: str = "completions"  # completions | chat
-    concurrency: int = 8  # requests in flight
-    max_retries: int = 6
-    timeout_s: float = 120.0
-    requests_per_minute: Optional[float] = None
-    tokens_per_minute: Optional[float] = None
-    # Per-request response cache (SQLite), shared by the jobs of a sweep
-    cache: bool = True
-    cache_dir: Optional[str] = None  # default: $SELFINSTRUCT_CACHE or ~/.cache/selfinstruct
-    # llamacpp: the embedded model
-    model_path: Optional[str] = None  # a GGUF file; default: the Gemma 3 270M package
-    n_ctx: int = 4096
-    n_threads: Optional[int] = None  # default: all cores
-    prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
-    # fake: deterministic test double
-    latency_s: float = 0.0
-    fail_rate: float = 0.0
+__all__ = ["Config", "ConfigError", "validate", "to_plain"]
 
 
 @dataclass
@@ -60,24 +39,32 @@ class PromptConfig:
     # which also lower-cases the rest (mangling names and acronyms); this keeps the rest as written.
     capitalize: bool = False
 
+    @staticmethod
+    def check(p) -> None:
+        from selfinstruct.prompts.styles import STYLES
 
-@dataclass
-class StageSampling:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    stop: list[str] = field(default_factory=list)
+        check(p.name in STYLES, "prompt.name", f"unknown prompt style {p.name!r}; choose from {list(STYLES)}")
+        check(p.num_human >= 1, "prompt.num_human", f"must be >= 1, got {p.num_human}")
+        check(p.num_machine >= 0, "prompt.num_machine", f"must be >= 0, got {p.num_machine}")
+        check(p.max_list_number > p.num_human + p.num_machine, "prompt.max_list_number",
+              "must be larger than prompt.num_human + prompt.num_machine")
+        check(p.num_demos >= 1, "prompt.num_demos", f"must be >= 1, got {p.num_demos}")
+        check(p.num_tasks_per_request > p.num_demos + 1, "prompt.num_tasks_per_request",
+              f"must be larger than prompt.num_demos + 1, got {p.num_tasks_per_request}")
 
 
 @dataclass
 class SamplingConfig:
     name: str = MISSING
-    instructions: StageSampling = field(default_factory=StageSampling)
-    classify: StageSampling = field(default_factory=StageSampling)
-    instances: StageSampling = field(default_factory=StageSampling)
-    judge: StageSampling = field(default_factory=StageSampling)
+    instructions: Sampling = field(default_factory=Sampling)
+    classify: Sampling = field(default_factory=Sampling)
+    instances: Sampling = field(default_factory=Sampling)
+    judge: Sampling = field(default_factory=Sampling)
+
+    @staticmethod
+    def check(s) -> None:
+        for stage in ("instructions", "classify", "instances", "judge"):
+            Sampling.check(s[stage], f"sampling.{stage}")
 
 
 @dataclass
@@ -102,6 +89,16 @@ class FiltersConfig:
     drop_colon_ending: bool = True  # an input or output ending with ":" is usually unfinished
     dedupe_instances: bool = True
 
+    @staticmethod
+    def check(f) -> None:
+        check(0.0 <= f.rouge_threshold <= 1.0, "filters.rouge_threshold", f"must be in [0, 1], got {f.rouge_threshold}")
+        check(f.min_words >= 0, "filters.min_words", f"must be >= 0, got {f.min_words}")
+        check(f.max_words >= f.min_words, "filters.max_words",
+              f"must be >= filters.min_words ({f.min_words}), got {f.max_words}")
+        check(f.top_k_similar >= 0, "filters.top_k_similar", f"must be >= 0, got {f.top_k_similar}")
+        check(f.max_instances_per_task >= 1, "filters.max_instances_per_task",
+              f"must be >= 1, got {f.max_instances_per_task}")
+
 
 @dataclass
 class SeedsConfig:
@@ -109,6 +106,15 @@ class SeedsConfig:
     path: Optional[str] = None  # JSONL in the original seed_tasks.jsonl format
     limit: Optional[int] = None  # use only the first N seed tasks (seed-set-size ablations)
     classification_only: bool = False
+
+    @staticmethod
+    def check(s) -> None:
+        if s.path is not None:
+            check(Path(s.path).is_file(), "seeds.path", f"seed file not found: {s.path}")
+        elif s.name == "file":
+            check(False, "seeds.path", "seeds=file needs seeds.path=PATH (JSONL in the original format)")
+        if s.limit is not None:
+            check(s.limit >= 1, "seeds.limit", f"must be >= 1, got {s.limit}")
 
 
 @dataclass
@@ -119,6 +125,12 @@ class TrackingConfig:
     mode: Optional[str] = None  # online | offline | disabled; default: online iff WANDB_API_KEY is set
     group: Optional[str] = None  # default: the sweep's directory name for multirun jobs
     tags: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def check(t) -> None:
+        check(t.backend in ("wandb", "none"), "tracking.backend", f"must be wandb or none, got {t.backend!r}")
+        check(t.mode in (None, "online", "offline", "disabled"), "tracking.mode",
+              f"must be online, offline or disabled, got {t.mode!r}")
 
 
 @dataclass
@@ -135,6 +147,11 @@ class AnalyzeConfig:
     num_examples: int = 50  # rows in the W&B table of samples
     plots: bool = True
 
+    @staticmethod
+    def check(a) -> None:
+        check(a.judge_sample >= 1, "analyze.judge_sample", f"must be >= 1, got {a.judge_sample}")
+        check(a.num_examples >= 0, "analyze.num_examples", f"must be >= 0, got {a.num_examples}")
+
 
 @dataclass
 class Config:
@@ -145,7 +162,7 @@ class Config:
     seed: int = 0
     input: Optional[str] = None  # a dataset file for stages run on external data (analyze, dedup)
     optimized_metric: Optional[str] = None  # stats.json key returned to sweepers (e.g. Optuna)
-    llm: LLMConfig = MISSING
+    llm: Any = MISSING  # typed by the backend's own schema (conf/llm/NAME.yaml names it)
     prompt: PromptConfig = MISSING
     sampling: SamplingConfig = MISSING
     filters: FiltersConfig = MISSING
@@ -155,114 +172,62 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
 
 
+GROUP_SCHEMAS = {"prompt": PromptConfig, "sampling": SamplingConfig, "filters": FiltersConfig,
+                 "seeds": SeedsConfig, "tracking": TrackingConfig}
+
+
 def register_configs() -> None:
+    """Schemas are stored outside the config groups (`/<name>_schema`), so `--help` lists only
+    the real options of each group."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group, schema in [
-        ("llm", LLMConfig),
-        ("prompt", PromptConfig),
-        ("sampling", SamplingConfig),
-        ("filters", FiltersConfig),
-        ("seeds", SeedsConfig),
-        ("tracking", TrackingConfig),
-    ]:
-        cs.store(group=group, name=f"{group}_schema", node=schema)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(name=f"{group}_schema", node=schema)
+    for backend in dict.fromkeys(BACKENDS):
+        cs.store(name=f"llm_{backend}_schema", node=backend_schema(backend))
 
 
 register_configs()
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key `{key}`: {message}")
+def check_closed(node: Any, key: str = "") -> None:
+    """Every key of a typed node is a field of its schema, recursively: Hydra's `+key=value` adds
+    keys even to typed nodes, and an ignored typo would silently change nothing."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for name in node.keys():
+        full = f"{key}.{name}" if key else str(name)
+        check(name in fields, full, f"unknown key; {key or 'the config'} has no such key "
+              f"(known: {', '.join(sorted(fields))})")
+        value = node._get_node(name)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            check_closed(value, full)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Value checks that a schema cannot express; raises ConfigError naming the key."""
+    """Unknown keys and bad values, before any model loads; ConfigError naming the key."""
     # Without the `experiment` config group on Hydra's search path (hydra_plugins/ puts experiments/
     # there), `+experiment=NAME` would add a plain key and the defaults would run unnoticed.
-    _check("experiment" not in cfg, "experiment",
-           f"no preset named {cfg.get('experiment')!r} was loaded: the `experiment` config group is not "
-           "on Hydra's search path (the repository root, which holds hydra_plugins/, must be on sys.path)")
-    _check(cfg.num_instructions >= 0, "num_instructions", f"must be >= 0, got {cfg.num_instructions}")
+    check("experiment" not in cfg, "experiment",
+          f"no preset named {cfg.get('experiment')!r} was loaded: the `experiment` config group is not "
+          "on Hydra's search path (the repository root, which holds hydra_plugins/, must be on sys.path)")
+    check(cfg.llm.backend in BACKENDS, "llm.backend",
+          f"unknown backend {cfg.llm.backend!r}; choose from {list(BACKENDS)}")
+    check_closed(cfg)
+    check(cfg.num_instructions >= 0, "num_instructions", f"must be >= 0, got {cfg.num_instructions}")
     for stage in cfg.stages:
-        _check(stage in STAGES, "stages", f"unknown stage {stage!r}; choose from {list(STAGES)}")
-    if "analyze" in cfg.stages or "dedup" in cfg.stages:
-        if cfg.input is not None:
-            _check(Path(cfg.input).is_file(), "input", f"file not found: {cfg.input}")
+        check(stage in STAGES, "stages", f"unknown stage {stage!r}; choose from {list(STAGES)}")
+    if cfg.input is not None:
+        check(Path(cfg.input).is_file(), "input", f"file not found: {cfg.input}")
     if "dedup" in cfg.stages:
-        _check(cfg.input is not None, "input", "stages=[dedup] needs input=PATH (a JSONL or JSON list)")
-
-    f = cfg.filters
-    _check(0.0 <= f.rouge_threshold <= 1.0, "filters.rouge_threshold",
-           f"must be in [0, 1], got {f.rouge_threshold}")
-    _check(f.min_words >= 0, "filters.min_words", f"must be >= 0, got {f.min_words}")
-    _check(f.max_words >= f.min_words, "filters.max_words",
-           f"must be >= filters.min_words ({f.min_words}), got {f.max_words}")
-    _check(f.top_k_similar >= 0, "filters.top_k_similar", f"must be >= 0, got {f.top_k_similar}")
-    _check(f.max_instances_per_task >= 1, "filters.max_instances_per_task",
-           f"must be >= 1, got {f.max_instances_per_task}")
-
-    for stage in ("instructions", "classify", "instances", "judge"):
-        s = cfg.sampling[stage]
-        key = f"sampling.{stage}"
-        _check(s.temperature >= 0, f"{key}.temperature", f"must be >= 0, got {s.temperature}")
-        _check(0 < s.top_p <= 1, f"{key}.top_p", f"must be in (0, 1], got {s.top_p}")
-        _check(s.max_tokens >= 1, f"{key}.max_tokens", f"must be >= 1, got {s.max_tokens}")
-        _check(-2 <= s.presence_penalty <= 2, f"{key}.presence_penalty",
-               f"must be in [-2, 2], got {s.presence_penalty}")
-
-    p = cfg.prompt
-    _check(p.num_human >= 1, "prompt.num_human", f"must be >= 1, got {p.num_human}")
-    _check(p.num_machine >= 0, "prompt.num_machine", f"must be >= 0, got {p.num_machine}")
-    _check(p.max_list_number > p.num_human + p.num_machine, "prompt.max_list_number",
-           "must be larger than prompt.num_human + prompt.num_machine")
-    _check(p.num_demos >= 1, "prompt.num_demos", f"must be >= 1, got {p.num_demos}")
-    _check(p.num_tasks_per_request > p.num_demos + 1, "prompt.num_tasks_per_request",
-           f"must be larger than prompt.num_demos + 1, got {p.num_tasks_per_request}")
-
-    llm = cfg.llm
-    _check(llm.backend in ("llamacpp", "openai", "openai_compatible", "fake"), "llm.backend",
-           f"unknown backend {llm.backend!r}")
-    _check(llm.concurrency >= 1, "llm.concurrency", f"must be >= 1, got {llm.concurrency}")
-    _check(llm.max_retries >= 0, "llm.max_retries", f"must be >= 0, got {llm.max_retries}")
-    _check(0.0 <= llm.fail_rate <= 1.0, "llm.fail_rate", f"must be in [0, 1], got {llm.fail_rate}")
-    _check(llm.latency_s >= 0, "llm.latency_s", f"must be >= 0, got {llm.latency_s}")
-    if llm.backend == "openai_compatible":
-        _check(bool(llm.base_url), "llm.base_url", "llm=openai_compatible needs llm.base_url=http://HOST:PORT/v1")
-    if llm.backend in ("openai", "openai_compatible"):
-        _check(bool(llm.model), "llm.model", "name the served model, e.g. llm.model=gpt-4o-mini")
-        _check(llm.timeout_s > 0, "llm.timeout_s", f"must be > 0, got {llm.timeout_s}")
-    if llm.backend == "openai" and not llm.base_url:
-        _check(bool(resolve_api_key(cfg)), "llm.api_key",
-               "llm=openai needs a key: set OPENAI_API_KEY or pass llm.api_key=...")
-    for key in ("requests_per_minute", "tokens_per_minute"):
-        value = llm[key]
-        _check(value is None or value > 0, f"llm.{key}", f"must be > 0 or null, got {value}")
-    if llm.model_path is not None:
-        _check(Path(llm.model_path).is_file(), "llm.model_path", f"file not found: {llm.model_path}")
-
-    s = cfg.seeds
-    if s.path is not None:
-        _check(Path(s.path).is_file(), "seeds.path", f"seed file not found: {s.path}")
-    elif s.name == "file":
-        _check(False, "seeds.path", "seeds=file needs seeds.path=PATH (JSONL in the original format)")
-    if s.limit is not None:
-        _check(s.limit >= 1, "seeds.limit", f"must be >= 1, got {s.limit}")
-
-    a = cfg.analyze
-    _check(a.judge_sample >= 1, "analyze.judge_sample", f"must be >= 1, got {a.judge_sample}")
-    _check(a.num_examples >= 0, "analyze.num_examples", f"must be >= 0, got {a.num_examples}")
-
-    t = cfg.tracking
-    _check(t.mode in (None, "online", "offline", "disabled"), "tracking.mode",
-           f"must be online, offline or disabled, got {t.mode!r}")
-
-
-def resolve_api_key(cfg: DictConfig) -> Optional[str]:
-    from .secrets import api_key  # llm.api_key, a key taken off the command line, OPENAI_API_KEY
-
-    return api_key(cfg)
+        check(cfg.input is not None, "input", "stages=[dedup] needs input=PATH (a JSONL or JSON list)")
+    backend_schema(cfg.llm.backend).check(cfg.llm)
+    for group in ("prompt", "sampling", "filters", "seeds", "tracking", "prepare", "analyze"):
+        group_check = getattr(OmegaConf.get_type(cfg[group]), "check", None)
+        if group_check is not None:
+            group_check(cfg[group])
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -16,10 +16,10 @@ from typing import Any, Optional
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .formats import Dataset, record
-from .io import read_jsonl
-from .seeds import load_seeds
-from .stats import load_analysis
+from selfinstruct.datasets.formats import Dataset, record
+from selfinstruct.files import read_jsonl
+from selfinstruct.datasets.seeds import load_seeds
+from selfinstruct.analysis.stats import load_analysis
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def seed_dataset(run: dict) -> Dataset:
 
 def compare_with_seeds(run: dict) -> tuple[pd.DataFrame, dict]:
     """The run's diversity beside its seed set's (analysed the same way); and the seed analysis."""
-    from .stages.analyze import analyze_dataset
+    from selfinstruct.analysis.analyze import analyze_dataset
 
     seeds = analyze_dataset(seed_dataset(run), seed_texts=[])
     keys = ["data/num_instructions", "data/avg_instruction_words", "diversity/verb_noun_share",
@@ -241,7 +241,7 @@ def wandb_runs(sweep_dir: str | Path, project: str = "selfinstruct",
 
 def offline_summaries(sweep_dir: str | Path) -> pd.DataFrame:
     """Each job's offline W&B run read back from its files: group, name and summary."""
-    from .tracking import offline_runs, read_offline_run
+    from selfinstruct.tracking import offline_runs, read_offline_run
 
     rows = []
     for job in sorted((p for p in Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):

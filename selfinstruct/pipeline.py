@@ -1,8 +1,8 @@
-"""Runs the configured stages in one Hydra run directory and always ends with stats.json.
+"""Runs the configured stages in one run dir and always ends with stats.json.
 
-Stages are functions `stage(ctx: RunContext) -> None` registered in selfinstruct/stages/__init__.py.
-They read and write files in ctx.run_dir (the contract of DESIGN.md), so any stage can run alone on
-the files of an earlier run, and a rerun with the same hydra.run.dir resumes.
+Stages are functions `stage(ctx: RunContext) -> None` (selfinstruct/stages.py names them). They
+read and write the files of the run dir's contract through `ctx.run` (a RunDir), so any stage can
+run alone on the files of an earlier run, and a rerun with the same hydra.run.dir resumes.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from .config import validate
-from .io import Checkpoint
-from .llm import LLM, Usage, make_llm
-from .seeds import SeedTask, seeds_from_config
+from selfinstruct.config import validate
+from selfinstruct.datasets.seeds import SeedTask, seeds_from_config
+from selfinstruct.llm import LLM, Usage, make_llm
+from selfinstruct.prompts.styles import SelfInstructStyle, make_style
+from selfinstruct.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunContext:
     cfg: DictConfig
-    run_dir: Path
+    run: RunDir
     seeds: list[SeedTask]
-    checkpoint: Checkpoint
+    style: SelfInstructStyle
     _llm: Optional[LLM] = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    @property
+    def checkpoint(self):
+        return self.run.checkpoint
 
     @property
     def llm(self) -> LLM:
@@ -40,8 +49,11 @@ class RunContext:
             self._llm = make_llm(self.cfg)
         return self._llm
 
-    def path(self, name: str) -> Path:
-        return self.run_dir / name
+    @classmethod
+    def open(cls, cfg: DictConfig, run_dir: str | Path, seeds: Optional[list[SeedTask]] = None) -> "RunContext":
+        """A context on a run dir (locked until close): for the pipeline, benchmarks and tests."""
+        seeds = seeds_from_config(cfg.seeds) if seeds is None else seeds
+        return cls(cfg=cfg, run=RunDir(run_dir).open(), seeds=seeds, style=make_style(cfg.prompt, seeds))
 
     def __post_init__(self) -> None:
         # Usage of earlier invocations, read once. Every checkpoint commit saves it plus this
@@ -60,38 +72,42 @@ class RunContext:
                 total[stage] = total.get(stage, Usage()).add(usage)
         return total
 
-    def close(self) -> None:
+    def close_llm(self) -> None:
         if self._llm is not None:
             self._usage_before = self.usage_so_far()
             self._llm.close()
             self._llm = None
             self.checkpoint.put("usage", self._usage_record()["usage"])
 
+    def close(self) -> None:
+        self.close_llm()
+        self.run.close()
+
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Validate, run the stages, write stats.json and return the statistics."""
-    from .stages import STAGES
-    from .stats import write_stats
-    from .tracking import start_tracking
+    from selfinstruct.analysis.stats import write_stats
+    from selfinstruct.stages import stage_function
+    from selfinstruct.tracking import start_tracking
 
     validate(cfg)
-    seeds = seeds_from_config(cfg.seeds)  # fails on a malformed seed file before any model loads
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, seeds=seeds, checkpoint=Checkpoint(run_dir))
-    tracker = start_tracking(cfg, run_dir)
-    stats: dict[str, Any] = {}
+    ctx = RunContext.open(cfg, run_dir)  # fails on a malformed seed file before any model loads
     try:
-        for name in cfg.stages:
-            log.info("stage %s", name)
-            started = time.perf_counter()
-            STAGES[name](ctx)
-            ctx.stage_seconds[name] = time.perf_counter() - started
+        tracker = start_tracking(cfg, ctx.run_dir)
+        stats: dict[str, Any] = {}
+        try:
+            for name in cfg.stages:
+                log.info("stage %s", name)
+                started = time.perf_counter()
+                stage_function(name)(ctx)
+                ctx.stage_seconds[name] = time.perf_counter() - started
+        finally:
+            ctx.close_llm()
+            try:
+                stats = write_stats(ctx)
+                tracker.log_stats(stats, ctx)
+            finally:
+                tracker.finish()
     finally:
         ctx.close()
-        try:
-            stats = write_stats(ctx)
-            tracker.log_stats(stats, ctx)
-        finally:
-            tracker.finish()
     return stats

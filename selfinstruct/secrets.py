@@ -41,9 +41,9 @@ def take_key_from_argv(argv: list[str]) -> list[str]:
     return kept
 
 
-def api_key(cfg) -> Optional[str]:
-    """The key to send: llm.api_key from the config, else the command line's, else OPENAI_API_KEY."""
-    return cfg.llm.get("api_key") or os.environ.get(ENV_VAR) or os.environ.get("OPENAI_API_KEY")
+def api_key_of(llm_cfg) -> Optional[str]:
+    """The key to send for an `llm` node: its api_key, else the command line's, else OPENAI_API_KEY."""
+    return llm_cfg.get("api_key") or os.environ.get(ENV_VAR) or os.environ.get("OPENAI_API_KEY")
 
 
 def known_secrets(cfg=None) -> list[str]:

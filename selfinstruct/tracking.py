@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import to_plain
+from selfinstruct.config import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ def analysis_media(run_dir: Path, num_examples: int, seed: int) -> dict[str, Any
     """W&B media of the run's analysis (empty when analyze has not run or is stale)."""
     import wandb
 
-    from .io import read_jsonl
-    from .plots import PLOT_FILES, sunburst_figure
-    from .stats import load_analysis
+    from selfinstruct.files import read_jsonl
+    from selfinstruct.analysis.plots import PLOT_FILES, sunburst_figure
+    from selfinstruct.analysis.stats import load_analysis
 
     analysis = load_analysis(Path(run_dir))
     if analysis is None:

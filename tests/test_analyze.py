@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct.io import read_jsonl
+from selfinstruct.files import read_jsonl
 from selfinstruct.pipeline import run
 from selfinstruct.tracking import offline_runs, read_offline_run
 from tests.analysis_runs import DOFFERY, MINPETER, doffery_run
@@ -165,7 +165,7 @@ def test_unknown_dataset_fails_clearly(tmp_path):
 
 
 def test_nothing_to_analyse_fails_clearly(tmp_path, fake_overrides):
-    from selfinstruct.io import DataError
+    from selfinstruct.files import DataError
 
     with pytest.raises(DataError, match="nothing to analyse"):
         run(compose([*fake_overrides, "stages=[analyze]"]), tmp_path / "empty")

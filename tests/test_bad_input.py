@@ -15,14 +15,15 @@ import time
 
 import pytest
 
-from selfinstruct.filters import check_degenerate, prompt_segments, repeated_ngram
-from selfinstruct.io import DataError, read_records
+from selfinstruct.filtering.rules import check_degenerate, prompt_segments, repeated_ngram
+from selfinstruct.files import DataError, read_records
 from selfinstruct.llm import Completion
 from selfinstruct.pipeline import run
 from selfinstruct.prompts.instructions import build_prompt
-from selfinstruct.rouge import RougeIndex
-from selfinstruct.seeds import load_seeds
-from selfinstruct.stages.instructions import filter_response
+from selfinstruct.filtering.rouge import RougeIndex
+from selfinstruct.datasets.seeds import load_seeds
+from selfinstruct.generation.instructions import filter_response
+from selfinstruct.prompts.styles import make_style
 from tests.conftest import compose, run_cli
 from tests.fake_openai_server import FakeOpenAIServer, default_answer
 
@@ -147,7 +148,7 @@ def filter_one(text: str, finish: str = "stop", overrides=()):
     cfg = compose(["llm=fake", *overrides])
     prompt, first = build_prompt(EXAMPLES, chat=False, max_list_number=16)
     index = RougeIndex(EXAMPLES)
-    return filter_response(Completion(text, finish), first, "instructions/0", index, cfg, prompt)
+    return filter_response(Completion(text, finish), first, "instructions/0", index, cfg, make_style(cfg.prompt, []), prompt)
 
 
 def test_filter_response_names_each_kind_of_bad_output():

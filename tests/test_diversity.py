@@ -7,10 +7,10 @@ import math
 import pytest
 from rouge_score import rouge_scorer
 
-from selfinstruct import diversity
-from selfinstruct.diversity import (VerbNounParser, distinct_n, load_nlp, rouge_to_seeds,
+from selfinstruct.analysis import diversity
+from selfinstruct.analysis.diversity import (VerbNounParser, distinct_n, load_nlp, rouge_to_seeds,
                                     top_verb_nouns, verb_noun_stats)
-from selfinstruct.formats import load_dataset
+from selfinstruct.datasets.formats import load_dataset
 from tests.conftest import shared_path
 
 

@@ -10,16 +10,17 @@ from collections import defaultdict
 
 import pytest
 
-from selfinstruct.filters import check_instruction
-from selfinstruct.instance_filters import filter_instances
+from selfinstruct.filtering.rules import check_instruction
+from selfinstruct.filtering.instance_rules import filter_instances
 from selfinstruct.llm import Completion
 from selfinstruct.prompts import alpaca
 from selfinstruct.prompts.classify import parse_answer
 from selfinstruct.prompts.instances import parse_instances
 from selfinstruct.prompts.instructions import parse_instruction_list
-from selfinstruct.rouge import RougeIndex
-from selfinstruct.seeds import load_seeds
-from selfinstruct.stages.instructions import filter_response
+from selfinstruct.filtering.rouge import RougeIndex
+from selfinstruct.datasets.seeds import load_seeds
+from selfinstruct.generation.instructions import filter_response
+from selfinstruct.prompts.styles import make_style
 from tests.conftest import compose, shared_path
 
 
@@ -121,7 +122,7 @@ def test_degenerate_falcon_outputs_are_rejected_with_reasons(tmp_path):
         text = r["metadata"][0]["generated_text"]
         prompt = text[: re.search(r"\n9\.", text).end()]
         index = RougeIndex(sorted(seed_texts))
-        kept, rejected = filter_response(Completion(text, "stop"), 9, "falcon", index, cfg, prompt)
+        kept, rejected = filter_response(Completion(text, "stop"), 9, "falcon", index, cfg, make_style(cfg.prompt, []), prompt)
         by_candidate = {x["candidate"]: x["rule"] for x in rejected}
         assert by_candidate["Come up with a series of tasks:"] == "echo"
         echoed = [c for c in by_candidate if c in seed_texts]
@@ -130,7 +131,7 @@ def test_degenerate_falcon_outputs_are_rejected_with_reasons(tmp_path):
         assert all(k["instruction"] in continuation for k in kept)  # only the model's own text
         # The pipeline reports no finish reason; these texts stop mid-item ("Given a sentence,
         # tell me"), i.e. at its new-token limit, and such responses are discarded whole.
-        kept, rejected = filter_response(Completion(text, "length"), 9, "falcon", index, cfg, prompt)
+        kept, rejected = filter_response(Completion(text, "length"), 9, "falcon", index, cfg, make_style(cfg.prompt, []), prompt)
         assert kept == [] and {x["rule"] for x in rejected} == {"truncated_response"}
         for parse in (lambda t: parse_instruction_list(t, 9), lambda t: alpaca.parse_tasks(t, 9, 20)):
             parse(text)

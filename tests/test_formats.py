@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from selfinstruct.formats import load_dataset, load_run_dir, parse_raw_instances, split_finetuning_prompt
-from selfinstruct.io import DataError
+from selfinstruct.datasets.formats import load_dataset, load_run_dir, parse_raw_instances, split_finetuning_prompt
+from selfinstruct.files import DataError
 from tests.conftest import shared_path
 
 

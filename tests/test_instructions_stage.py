@@ -9,11 +9,11 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
-from selfinstruct.filters import check_instruction
-from selfinstruct.io import read_jsonl
+from selfinstruct.filtering.rules import check_instruction
+from selfinstruct.files import read_jsonl
 from selfinstruct.pipeline import run
 from selfinstruct.prompts.instructions import build_prompt, parse_instruction_list, sample_in_context
-from selfinstruct.rouge import rouge_l_f
+from selfinstruct.filtering.rouge import rouge_l_f
 from tests.conftest import compose
 
 SEEDS = [f"seed instruction number {i}" for i in range(20)]
@@ -91,7 +91,7 @@ def test_fake_run_obeys_every_filter(tmp_path):
 
 
 def _seed_file(cfg):
-    from selfinstruct.seeds import DEFAULT_SEEDS
+    from selfinstruct.datasets.seeds import DEFAULT_SEEDS
 
     return cfg.seeds.path or DEFAULT_SEEDS
 
@@ -108,7 +108,7 @@ def test_rerun_with_more_instructions_keeps_the_first_byte_for_byte(tmp_path):
 
 
 def test_resume_after_a_crash_and_a_torn_line_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    from selfinstruct.io import Checkpoint
+    from selfinstruct.rundir.checkpoint import Checkpoint
 
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     run_fake(tmp_path, whole, ["num_instructions=30", "llm.concurrency=1"])

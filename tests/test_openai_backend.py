@@ -51,35 +51,50 @@ def test_keeps_concurrency_requests_in_flight_and_returns_them_in_order():
     assert llm.usage["classify"].requests == 24 and llm.usage["classify"].retries == 0
 
 
-def test_stream_keeps_requests_in_flight_across_chunks_and_yields_them_in_order(tmp_path):
+def test_the_loop_keeps_requests_in_flight_across_commits_and_applies_them_in_order(tmp_path):
+    from selfinstruct.llm.loop import run_requests
+
     with FakeOpenAIServer(latency_s=0.2, answer=echo_answer) as server:
         llm = make_llm(server, concurrency=8, cache=ResponseCache(tmp_path / "c.sqlite"))
         llm.complete([Request("warm/0", "")], Sampling(), stage="warm")
         llm.complete(requests(16)[5:7], Sampling(), stage="x")  # two answers already cached
+        batch, applied, commits = requests(16), [], []
         started = time.perf_counter()
-        chunks = list(llm.stream(requests(16), Sampling(), stage="x", chunk_size=4))
+        run_requests(llm, "x", Sampling(), lambda k: batch[k] if k < len(batch) else None,
+                     lambda r, c: applied.append((r.id, c)), window=8,
+                     commit=lambda: commits.append(len(applied)), commit_every=4)
         elapsed = time.perf_counter() - started
         stats = server.stats()
         llm.close()
-    assert [[r.id for r in rs] for rs, _ in chunks] == [[f"classify/{i}" for i in range(k, k + 4)]
-                                                        for k in range(0, 16, 4)]
-    assert [c.text for _, cs in chunks for c in cs] == [f" answer to <prompt {i}>" for i in range(16)]
-    assert [c.cached for _, cs in chunks for c in cs] == [i in (5, 6) for i in range(16)]
-    assert stats["max_in_flight"] == 8  # not 4: the next chunks were already on their way
-    assert elapsed < 2 * 0.2 + 0.3  # 14 requests in 2 waves; chunk by chunk would take 4 waves
+    assert [rid for rid, _ in applied] == [f"classify/{i}" for i in range(16)]
+    assert [c.text for _, c in applied] == [f" answer to <prompt {i}>" for i in range(16)]
+    assert [c.cached for _, c in applied] == [i in (5, 6) for i in range(16)]
+    assert commits == [4, 8, 12, 16, 16]  # every 4 results and once at the end
+    assert stats["max_in_flight"] == 8  # not 4: requests after a commit were already on their way
+    assert elapsed < 2 * 0.2 + 0.3  # 14 requests in 2 waves; commit by commit would take 4 waves
     assert llm.usage["x"].requests == 2 + 14 and llm.usage["x"].cache_hits == 2
 
 
-def test_a_stream_the_caller_stops_cancels_the_requests_not_yet_sent():
+def test_a_loop_that_stops_cancels_the_requests_not_yet_sent():
+    from selfinstruct.llm.loop import run_requests
+
+    class Stop(Exception):
+        pass
+
+    def apply(request, completion):
+        raise Stop  # e.g. the stage raised, or Ctrl-C
+
+    batch, commits = requests(200), []
     with FakeOpenAIServer(latency_s=0.05, answer=echo_answer) as server:
         llm = make_llm(server, concurrency=4)
-        for _, chunk in llm.stream(requests(200), Sampling(), stage="x", chunk_size=4):
-            break  # e.g. the stage raised
+        with pytest.raises(Stop):
+            run_requests(llm, "x", Sampling(), lambda k: batch[k] if k < len(batch) else None, apply,
+                         window=8, commit=lambda: commits.append(1), commit_every=4)
         time.sleep(0.3)
         stats = server.stats()
         llm.close()
-    assert len(chunk) == 4 and all(c.ok for c in chunk)
-    assert stats["requests"] <= 4 + 2 * 4 + 4  # the first chunk, the window ahead, a few in flight
+    assert commits == []  # nothing half-applied is committed
+    assert stats["requests"] <= 8 + 4  # the window, and a few that were in flight when it stopped
 
 
 def test_chat_endpoint():

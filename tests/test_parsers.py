@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from selfinstruct.instance_filters import filter_instances
+from selfinstruct.filtering.instance_rules import filter_instances
 from selfinstruct.prompts import alpaca, classify, instances
-from selfinstruct.stages.prepare import WITH_INPUT, WITHOUT_INPUT, encode, vary_input
+from selfinstruct.generation.prepare import WITH_INPUT, WITHOUT_INPUT, encode, vary_input
 from tests.conftest import compose
 
 
@@ -211,7 +211,7 @@ def test_alpaca_chat_reply():
 
 
 def test_alpaca_demos_come_from_the_seeds():
-    from selfinstruct.seeds import load_seeds
+    from selfinstruct.datasets.seeds import load_seeds
 
     seeds = load_seeds()
     demos = alpaca.sample_demos(random.Random(3), seeds, 3)

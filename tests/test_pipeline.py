@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from selfinstruct.io import read_jsonl
+from selfinstruct.files import read_jsonl
 from selfinstruct.pipeline import run
 from tests.conftest import compose, shared_path
 
@@ -114,17 +114,28 @@ def test_rerun_with_more_instructions_extends_every_file(tmp_path):
     check_outputs(tmp_path, stats)
 
 
-def test_killed_classify_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_classify_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from selfinstruct.rundir.checkpoint import Checkpoint
+
     whole, torn = tmp_path / "whole", tmp_path / "torn"
     run_fake(whole, "num_instructions=40")
     run_fake(torn, "num_instructions=40", "stages=[instructions]")
-    run_fake(torn, "num_instructions=40", "stages=[classify]", "llm.concurrency=2")  # batches of 8
+    commit, calls = Checkpoint.commit, []
+
+    def dying_commit(self, stage, *args, **kwargs):
+        calls.append(stage)
+        if calls.count("classify") == 2:
+            raise KeyboardInterrupt  # a kill after the second batch was written, before its commit
+        return commit(self, stage, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "commit", dying_commit)
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(torn, "num_instructions=40", "stages=[classify]", "llm.concurrency=2")  # batches of 8
+    monkeypatch.setattr(Checkpoint, "commit", commit)
     lines = (torn / "classification.jsonl").read_bytes().splitlines(keepends=True)
-    # a kill after a batch was written but before its commit, and mid-line in the next one
-    (torn / "classification.jsonl").write_bytes(b"".join(lines[:37]) + lines[37][:20])
-    progress = json.loads((torn / "progress.json").read_text())
-    progress["classify"]["offsets"]["classification.jsonl"] = len(b"".join(lines[:32]))
-    (torn / "progress.json").write_text(json.dumps(progress))
+    assert len(lines) == 16  # two batches written, one committed
+    with open(torn / "classification.jsonl", "ab") as f:
+        f.write(lines[0][:20])  # and mid-line in the next one
     stats = run_fake(torn, "num_instructions=40")
     for name in ("classification.jsonl", "data.jsonl", "finetune.jsonl", "alpaca.json"):
         assert (torn / name).read_bytes() == (whole / name).read_bytes(), name
@@ -141,7 +152,7 @@ def test_prepare_is_deterministic_and_follows_the_seed(tmp_path):
 
 
 def test_include_seeds_adds_the_seed_tasks_to_the_finetuning_files(tmp_path):
-    from selfinstruct.seeds import load_seeds
+    from selfinstruct.datasets.seeds import load_seeds
 
     stats = run_fake(tmp_path, "num_instructions=8", "prepare.include_seeds=true")
     seed_instances = sum(len(t.instances) for t in load_seeds())
@@ -184,7 +195,7 @@ def test_alpaca_mode_end_to_end(tmp_path):
 
 
 def test_stages_after_instructions_need_its_output(tmp_path):
-    from selfinstruct.io import DataError
+    from selfinstruct.files import DataError
 
     with pytest.raises(DataError, match="instructions.jsonl"):
         run_fake(tmp_path, "stages=[classify]")

@@ -17,8 +17,8 @@ import pytest
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 from rouge_score import tokenize as rs_tokenize  # noqa: E402
 
-import selfinstruct.rouge as rouge  # noqa: E402
-from selfinstruct.rouge import Decision, RougeIndex, rouge_l_f, tokenize  # noqa: E402
+import selfinstruct.filtering.rouge as rouge  # noqa: E402
+from selfinstruct.filtering.rouge import Decision, RougeIndex, rouge_l_f, tokenize  # noqa: E402
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from selfinstruct.io import DataError
-from selfinstruct.seeds import load_seeds
+from selfinstruct.files import DataError
+from selfinstruct.datasets.seeds import load_seeds
 from tests.conftest import shared_path
 
 GOOD = {"id": "t1", "name": "n", "instruction": "Say something kind about the weather today.",

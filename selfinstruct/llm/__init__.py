@@ -1,42 +1,36 @@
-"""Model backends behind one protocol (see base.LLM); `make_llm` builds the configured one."""
+"""The model layer: backends behind one protocol (base.LLM), each with its config schema beside its
+code; `BACKENDS` is the one table from a backend name (`llm.backend`, the option of conf/llm/) to
+its module, and `make_llm` builds the configured one with the response cache."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import import_module
 
-from .base import LLM, Completion, Request, Sampling, Usage
-from .cache import ResponseCache, default_cache_dir
+from selfinstruct.llm.base import LLM, BackendConfig, Completion, Request, Sampling, Usage
+from selfinstruct.llm.cache import ResponseCache, cache_dir_for, default_cache_dir
 
-__all__ = ["LLM", "Completion", "Request", "Sampling", "Usage", "make_llm", "cache_dir_for"]
+__all__ = ["LLM", "BackendConfig", "Completion", "Request", "Sampling", "Usage", "BACKENDS", "make_llm",
+           "backend_schema", "cache_dir_for", "default_cache_dir"]
+
+# backend name -> (module, LLM class, config schema); modules import their heavy libraries lazily
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "llamacpp": ("selfinstruct.llm.llamacpp", "LlamaCppLLM", "LlamaCppConfig"),
+    "openai": ("selfinstruct.llm.openai_backend", "OpenAILLM", "OpenAIConfig"),
+    "openai_compatible": ("selfinstruct.llm.openai_backend", "OpenAILLM", "OpenAIConfig"),
+    "fake": ("selfinstruct.llm.fake", "FakeLLM", "FakeConfig"),
+}
 
 
-def cache_dir_for(llm_cfg) -> Path:
-    return Path(llm_cfg.cache_dir) if llm_cfg.cache_dir else default_cache_dir()
+def _member(backend: str, which: int):
+    module, *names = BACKENDS[backend]
+    return getattr(import_module(module), names[which])
+
+
+def backend_schema(backend: str) -> type[BackendConfig]:
+    return _member(backend, 1)
 
 
 def make_llm(cfg) -> LLM:
     """The backend named by cfg.llm.backend, with the response cache when cfg.llm.cache is on."""
-    c = cfg.llm
-    cache = ResponseCache(cache_dir_for(c) / "responses.sqlite") if c.cache else None
-    if c.backend == "fake":
-        from .fake import FakeLLM
-
-        return FakeLLM(model=c.model, cache=cache, seed=cfg.seed, latency_s=c.latency_s,
-                       fail_rate=c.fail_rate, max_retries=c.max_retries, concurrency=c.concurrency,
-                       max_list_number=cfg.prompt.max_list_number)
-    if c.backend == "llamacpp":
-        from .llamacpp import LlamaCppLLM, packaged_model_path
-
-        path = c.model_path or str(packaged_model_path(cache_dir_for(c)))
-        return LlamaCppLLM(model=c.model, cache=cache, model_path=path, n_ctx=c.n_ctx,
-                           n_threads=c.n_threads, prefix_cache=c.prefix_cache, seed=cfg.seed)
-    if c.backend in ("openai", "openai_compatible"):
-        from ..config import resolve_api_key
-        from .openai_backend import OpenAILLM
-
-        return OpenAILLM(model=c.model, cache=cache, endpoint=c.endpoint, base_url=c.base_url,
-                         api_key=resolve_api_key(cfg), concurrency=c.concurrency,
-                         max_retries=c.max_retries, timeout_s=c.timeout_s,
-                         requests_per_minute=c.requests_per_minute,
-                         tokens_per_minute=c.tokens_per_minute, seed=cfg.seed)
-    raise ValueError(f"config key `llm.backend`: unknown backend {c.backend!r}")
+    cache = ResponseCache(cache_dir_for(cfg.llm) / "responses.sqlite") if cfg.llm.cache else None
+    return _member(cfg.llm.backend, 0).from_config(cfg, cache)

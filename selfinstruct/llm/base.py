@@ -1,8 +1,13 @@
 """The one protocol every model backend implements: a batch of requests + sampling -> completions.
 
-`LLM.stream` (and `LLM.complete`, one chunk of it) does what all backends share: response-cache
-look-ups, timing, and per-stage cost accounting. A backend implements only `_generate` for the
-requests the cache did not answer (and `_generate_iter` if it can work ahead of the caller).
+`LLM.submit` does what all backends share: the response-cache look-up and per-stage cost accounting
+(on the returned `Ticket`); `LLM.complete` submits a list and waits for all. A backend implements
+`_generate` for requests the cache did not answer, and `_submit` if it keeps requests in flight
+itself (OpenAI). The stages drive all of this through one loop, selfinstruct/llm/loop.py.
+
+`Sampling` is both the per-stage config schema (`sampling.<stage>.*`) and what backends receive;
+`BackendConfig` holds the `llm.*` keys every backend has, and each backend extends it with its own
+keys and checks beside its code.
 """
 
 from __future__ import annotations
@@ -10,7 +15,11 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Optional
+
+from omegaconf import MISSING
+
+from selfinstruct.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,21 +29,58 @@ class Request:
     chat: bool = False  # send as one user message to a chat endpoint
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 256
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    stop: tuple[str, ...] = ()
-    seed: Optional[int] = None
+    stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, node: Any, seed: Optional[int] = None) -> "Sampling":
+    def from_config(cls, node: Any) -> "Sampling":
         return cls(temperature=float(node.temperature), top_p=float(node.top_p),
                    max_tokens=int(node.max_tokens), presence_penalty=float(node.presence_penalty),
-                   frequency_penalty=float(node.frequency_penalty), stop=tuple(node.stop), seed=seed)
+                   frequency_penalty=float(node.frequency_penalty), stop=list(node.stop))
+
+    @staticmethod
+    def check(node: Any, key: str) -> None:
+        """Value checks of a `sampling.<stage>` node; ConfigError names the key."""
+        check(node.temperature >= 0, f"{key}.temperature", f"must be >= 0, got {node.temperature}")
+        check(0 < node.top_p <= 1, f"{key}.top_p", f"must be in (0, 1], got {node.top_p}")
+        check(node.max_tokens >= 1, f"{key}.max_tokens", f"must be >= 1, got {node.max_tokens}")
+        check(-2 <= node.presence_penalty <= 2, f"{key}.presence_penalty",
+              f"must be in [-2, 2], got {node.presence_penalty}")
+        check(-2 <= node.frequency_penalty <= 2, f"{key}.frequency_penalty",
+              f"must be in [-2, 2], got {node.frequency_penalty}")
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """The one form of a config value check: ConfigError naming the key."""
+    if not ok:
+        raise ConfigError(f"config key `{key}`: {message}")
+
+
+@dataclass
+class BackendConfig:
+    """The `llm.*` keys every backend has. A backend's schema extends this one (conf/llm/NAME.yaml
+    names it), and its `check` adds the checks of its own keys."""
+
+    backend: str = MISSING
+    model: str = ""
+    concurrency: int = 8  # requests in flight (llama.cpp: sequences decoded together)
+    max_retries: int = 6
+    timeout_s: float = 120.0  # per request
+    # Per-request response cache (SQLite), shared by the jobs of a sweep
+    cache: bool = True
+    cache_dir: Optional[str] = None  # default: $SELFINSTRUCT_CACHE or ~/.cache/selfinstruct
+
+    @staticmethod
+    def check(c: Any) -> None:
+        check(c.concurrency >= 1, "llm.concurrency", f"must be >= 1, got {c.concurrency}")
+        check(c.max_retries >= 0, "llm.max_retries", f"must be >= 0, got {c.max_retries}")
+        check(c.timeout_s > 0, "llm.timeout_s", f"must be > 0, got {c.timeout_s}")
 
 
 @dataclass
@@ -68,73 +114,127 @@ class Usage:
         return asdict(self)
 
 
+class Ticket:
+    """A submitted request's completion to come. `result()` waits for it (or, on backends that work
+    in the caller's thread, generates every request submitted so far together) and does the
+    accounting once: usage counts, and a successful fresh answer queued for the response cache."""
+
+    __slots__ = ("llm", "request", "key", "usage", "pending", "completion")
+
+    def __init__(self, llm: "LLM", request: Request, key: Optional[dict], usage: "Usage"):
+        self.llm, self.request, self.key, self.usage = llm, request, key, usage
+        self.pending: Any = None  # what the backend returned: anything with .result()
+        self.completion: Optional[Completion] = None
+
+    def result(self) -> Completion:
+        if self.completion is None:
+            c = self.completion = self.pending.result()
+            u = self.usage
+            u.requests += 1
+            u.prompt_tokens += c.prompt_tokens
+            u.completion_tokens += c.completion_tokens
+            if c.ok:
+                if self.key is not None:  # a failed request is asked again by the next run
+                    self.llm._to_cache.append((self.key, c))
+            else:
+                u.errors += 1
+        return self.completion
+
+    def cancel(self) -> None:
+        cancel = getattr(self.pending, "cancel", None)
+        if self.completion is None and cancel is not None:
+            cancel()
+
+
+class _Deferred:
+    """The pending answer of a backend that generates in the caller's thread (llama.cpp, the fake):
+    asking for one answer generates all requests queued so far in one `_generate` call, so they
+    are decoded together (llama.cpp batches them) in an order fixed by the caller, not by timing."""
+
+    __slots__ = ("llm", "value")
+
+    def __init__(self, llm: "LLM"):
+        self.llm, self.value = llm, None
+
+    def result(self) -> Completion:
+        if self.value is None:
+            self.llm._drain()
+        return self.value
+
+    def cancel(self) -> None:
+        self.llm._queue.clear()
+
+
 @dataclass
 class LLM(ABC):
-    """Base of all backends. Subclasses set `name` and implement `_generate`."""
+    """Base of all backends. Subclasses set `name`, implement `_generate` (and `_submit` if they
+    keep requests in flight in threads of their own), and build themselves with `from_config`."""
 
     model: str
     cache: Any = None  # a ResponseCache, or None
     usage: dict[str, Usage] = field(default_factory=dict)
     name: ClassVar[str] = "base"
     endpoint: str = "completions"
+    _queue: list = field(default_factory=list, repr=False)  # (request, params, usage, _Deferred)
+    _to_cache: list = field(default_factory=list, repr=False)
 
     def stage_usage(self, stage: str) -> Usage:
         return self.usage.setdefault(stage, Usage())
 
-    def complete(self, requests: list[Request], params: Sampling, *, stage: str) -> list[Completion]:
-        """Completions in request order. Failed requests come back with finish_reason "error"
-        (they are counted, never raised), so callers can record and skip them."""
-        return [c for _, chunk in self.stream(requests, params, stage=stage, chunk_size=len(requests))
-                for c in chunk]
-
-    def stream(self, requests: list[Request], params: Sampling, *, stage: str,
-               chunk_size: int) -> Iterator[tuple[list[Request], list[Completion]]]:
-        """(requests, completions) chunk by chunk in request order, each chunk as soon as it is
-        complete. A backend that keeps requests in flight (OpenAI) goes on working on the next
-        chunks while the caller writes this one, so per-item stages lose no throughput at chunk
-        boundaries; a caller that commits per chunk loses at most the chunks in flight if killed."""
+    def submit(self, request: Request, params: Sampling, *, stage: str) -> Ticket:
+        """Send a request (or answer it from the response cache); the ticket gives its completion.
+        Failed requests come back with finish_reason "error" (counted, never raised), so callers
+        can record and skip them."""
         usage = self.stage_usage(stage)
-        started = time.perf_counter()
-        keys = [self._cache_key(r, params) for r in requests] if self.cache is not None else None
-        hits = self.cache.get_many(keys) if keys is not None else [None] * len(requests)
-        fresh = self._generate_iter([r for r, hit in zip(requests, hits) if hit is None], params, usage,
-                                    chunk_size)
-        try:
-            for start in range(0, len(requests), max(1, chunk_size)):
-                end = min(start + max(1, chunk_size), len(requests))
-                results, to_cache = [], []
-                for i in range(start, end):
-                    completion = hits[i]
-                    if completion is not None:
-                        usage.cache_hits += 1
-                    else:
-                        completion = next(fresh)
-                        usage.requests += 1
-                        usage.prompt_tokens += completion.prompt_tokens
-                        usage.completion_tokens += completion.completion_tokens
-                        usage.errors += 0 if completion.ok else 1
-                        if keys is not None and completion.ok:  # a failed request is asked again
-                            to_cache.append((keys[i], completion))
-                    results.append(completion)
-                if to_cache:
-                    self.cache.put_many(to_cache)  # before the caller writes records built on them
-                usage.seconds += time.perf_counter() - started
-                yield requests[start:end], results
-                started = time.perf_counter()  # the caller's time is not the model's
-        finally:
-            fresh.close()
+        key = self._cache_key(request, params) if self.cache is not None else None
+        ticket = Ticket(self, request, key, usage)
+        hit = self.cache.get(key) if key is not None else None
+        if hit is not None:
+            usage.cache_hits += 1
+            ticket.completion = hit
+        else:
+            ticket.pending = self._submit(request, params, usage)
+        return ticket
 
-    def _generate_iter(self, requests: list[Request], params: Sampling, usage: Usage,
-                       chunk_size: int) -> Iterator[Completion]:
-        """Completions for requests the cache did not answer, in order; by default chunk by chunk
-        through `_generate`. Backends with requests in flight override this to work ahead."""
-        for start in range(0, len(requests), max(1, chunk_size)):
-            yield from self._generate(requests[start:start + max(1, chunk_size)], params, usage)
+    def complete(self, requests: list[Request], params: Sampling, *, stage: str) -> list[Completion]:
+        """Completions in request order (all requests submitted at once)."""
+        started = time.perf_counter()
+        tickets = [self.submit(r, params, stage=stage) for r in requests]
+        out = [t.result() for t in tickets]
+        self.flush_cache()
+        self.stage_usage(stage).seconds += time.perf_counter() - started
+        return out
+
+    def flush_cache(self) -> None:
+        """Store the fresh answers received so far (one transaction); callers do it before they
+        commit records built on them."""
+        if self._to_cache:
+            self.cache.put_many(self._to_cache)
+            self._to_cache = []
+
+    def _submit(self, request: Request, params: Sampling, usage: Usage) -> Any:
+        """By default: queue the request; it is generated with the others queued when any of
+        their answers is asked for (see _Deferred)."""
+        deferred = _Deferred(self)
+        self._queue.append((request, params, usage, deferred))
+        return deferred
+
+    def _drain(self) -> None:
+        queue, self._queue = self._queue, []
+        start = 0
+        while start < len(queue):  # runs of one sampling and stage go to _generate together
+            _, params, usage, _ = queue[start]
+            end = start
+            while end < len(queue) and queue[end][1] is params and queue[end][2] is usage:
+                end += 1
+            run = queue[start:end]
+            for (_, _, _, deferred), completion in zip(run, self._generate([r for r, *_ in run], params, usage)):
+                deferred.value = completion
+            start = end
 
     def _cache_key(self, request: Request, params: Sampling) -> dict:
-        sampling = asdict(params)
-        if sampling["seed"] is None:  # the run seed picks the sample (llama.cpp and fake use it)
-            sampling["seed"] = getattr(self, "seed", None)
+        # the run seed picks the sample (llama.cpp and fake use it)
+        sampling = {**asdict(params), "seed": getattr(self, "seed", None)}
         return {"backend": self.name, "model": self.model,
                 "endpoint": "chat" if request.chat else self.endpoint,
                 "prompt": request.prompt, "sampling": sampling, "sample": request.id}

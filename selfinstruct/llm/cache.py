@@ -21,7 +21,7 @@ import sqlite3
 from pathlib import Path
 from typing import Optional
 
-from .base import Completion
+from selfinstruct.llm.base import Completion
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ def default_cache_dir() -> Path:
         return Path(os.environ["SELFINSTRUCT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "selfinstruct"
+
+
+def cache_dir_for(llm_cfg) -> Path:
+    """The cache directory of an `llm` config node (llm.cache_dir, else the default)."""
+    return Path(llm_cfg.cache_dir) if llm_cfg.cache_dir else default_cache_dir()
 
 
 def key_hash(key: dict) -> str:
@@ -75,6 +80,14 @@ class ResponseCache:
         except sqlite3.Error as e:
             log.warning("response cache %s unreadable (%s); asking the model", self.path, e)
         return [self._decode(found[h]) if h in found else None for h in hashes]
+
+    def get(self, key: dict) -> Optional[Completion]:
+        try:
+            row = self.db.execute("SELECT value FROM responses WHERE key = ?", (key_hash(key),)).fetchone()
+        except sqlite3.Error as e:
+            log.warning("response cache %s unreadable (%s); asking the model", self.path, e)
+            return None
+        return None if row is None else self._decode(row[0])
 
     @staticmethod
     def _decode(value: str) -> Optional[Completion]:

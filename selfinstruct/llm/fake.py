@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import LLM, Completion, Request, Sampling, Usage
+from selfinstruct.llm.base import LLM, BackendConfig, Completion, Request, Sampling, Usage, check
 
 VERBS = ["Write", "Explain", "Summarize", "Suggest", "Describe", "Compare", "List", "Classify",
          "Rewrite", "Find", "Plan", "Create", "Translate", "Identify", "Recommend", "Evaluate",
@@ -59,14 +59,33 @@ def fake_instruction(rng: random.Random) -> str:
 
 
 @dataclass
+class FakeConfig(BackendConfig):
+    latency_s: float = 0.0  # simulated latency per request
+    fail_rate: float = 0.0  # share of attempts that fail (exercises retries and error accounting)
+
+    @staticmethod
+    def check(c) -> None:
+        BackendConfig.check(c)
+        check(0.0 <= c.fail_rate <= 1.0, "llm.fail_rate", f"must be in [0, 1], got {c.fail_rate}")
+        check(c.latency_s >= 0, "llm.latency_s", f"must be >= 0, got {c.latency_s}")
+
+
+@dataclass
 class FakeLLM(LLM):
     name: ClassVar[str] = "fake"
     seed: int = 0
     latency_s: float = 0.0
     fail_rate: float = 0.0
-    max_retries: int = 3
-    concurrency: int = 8
+    max_retries: int = FakeConfig.max_retries
+    concurrency: int = FakeConfig.concurrency
     max_list_number: int = 16
+
+    @classmethod
+    def from_config(cls, cfg, cache) -> "FakeLLM":
+        c = cfg.llm
+        return cls(model=c.model, cache=cache, seed=cfg.seed, latency_s=c.latency_s, fail_rate=c.fail_rate,
+                   max_retries=c.max_retries, concurrency=c.concurrency,
+                   max_list_number=cfg.prompt.max_list_number)
 
     def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
         def one(request: Request) -> Completion:

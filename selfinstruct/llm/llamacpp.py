@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from .base import LLM, Completion, Request, Sampling, Usage
+from selfinstruct.llm.base import LLM, BackendConfig, Completion, Request, Sampling, Usage, check
 
 
 def packaged_model_path(cache_dir: Path) -> Path:
@@ -43,6 +43,22 @@ def request_seed(run_seed: int, request_id: str) -> int:
 
 
 @dataclass
+class LlamaCppConfig(BackendConfig):
+    model_path: Optional[str] = None  # a GGUF file; default: the packaged Gemma 3 270M
+    n_ctx: int = 4096
+    n_threads: Optional[int] = None  # default: all cores
+    prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
+
+    @staticmethod
+    def check(c) -> None:
+        BackendConfig.check(c)
+        if c.model_path is not None:
+            check(Path(c.model_path).is_file(), "llm.model_path", f"file not found: {c.model_path}")
+        check(c.n_ctx >= 64, "llm.n_ctx", f"must be >= 64, got {c.n_ctx}")
+        check(c.n_threads is None or c.n_threads >= 1, "llm.n_threads", f"must be >= 1 or null, got {c.n_threads}")
+
+
+@dataclass
 class LlamaCppLLM(LLM):
     name: ClassVar[str] = "llamacpp"
     model_path: str = ""
@@ -51,6 +67,15 @@ class LlamaCppLLM(LLM):
     prefix_cache: bool = True
     seed: int = 0
     _llama: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg, cache) -> "LlamaCppLLM":
+        from selfinstruct.llm.cache import cache_dir_for
+
+        c = cfg.llm
+        path = c.model_path or str(packaged_model_path(cache_dir_for(c)))
+        return cls(model=c.model, cache=cache, model_path=path, n_ctx=c.n_ctx, n_threads=c.n_threads,
+                   prefix_cache=c.prefix_cache, seed=cfg.seed)
 
     def load(self) -> Any:
         if self._llama is None:

@@ -1,8 +1,8 @@
 """OpenAI API and OpenAI-compatible servers (vLLM, llama.cpp server, Ollama, TGI).
 
 Up to `concurrency` requests are in flight at once (async client); the results come back in
-request order, so a run is deterministic given the responses. With `LLM.stream` the backend works a
-window ahead of the caller, so per-item stages keep the server busy while they write a chunk. Each request is retried
+request order, so a run is deterministic given the responses. The stages' loop submits a window
+ahead of the result it waits for, so the server stays busy while a result is applied. Each request is retried
 with exponential backoff and jitter on rate limits, server errors, timeouts, connection errors and
 unparseable bodies (the openai client's own retries are off: it does not retry bad bodies and does
 not count what it retries); a request that still fails comes back as an error completion, never a
@@ -22,13 +22,22 @@ import random
 import threading
 import time
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Optional
 
-from .base import LLM, Completion, Request, Sampling, Usage
+from selfinstruct.errors import RunError
+from selfinstruct.llm.base import LLM, BackendConfig, Completion, Request, Sampling, Usage, check
 
 log = logging.getLogger(__name__)
+
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# With no answer from the server yet, connection failures for this long mean it is not there.
+UNREACHABLE_AFTER_S = 30.0
+
+
+class BackendUnreachable(RunError):
+    """No connection to the server at all: the run stops (one line, non-zero exit)."""
 
 
 class BadResponse(Exception):
@@ -111,49 +120,74 @@ class _LoopThread:
 
 
 @dataclass
+class OpenAIConfig(BackendConfig):
+    """llm=openai and llm=openai_compatible (vLLM, llama.cpp server, Ollama, TGI)."""
+
+    base_url: Optional[str] = None  # openai: null (api.openai.com); openai_compatible: http://HOST:PORT/v1
+    api_key: Optional[str] = None  # default: OPENAI_API_KEY; never written to any output
+    endpoint: str = "completions"  # completions | chat
+    requests_per_minute: Optional[float] = None
+    tokens_per_minute: Optional[float] = None
+
+    @staticmethod
+    def check(c) -> None:
+        from selfinstruct.secrets import api_key_of
+
+        BackendConfig.check(c)
+        check(c.endpoint in ("completions", "chat"), "llm.endpoint",
+              f"must be completions or chat, got {c.endpoint!r}")
+        if c.backend == "openai_compatible":
+            check(bool(c.base_url), "llm.base_url", "llm=openai_compatible needs llm.base_url=http://HOST:PORT/v1")
+        check(bool(c.model), "llm.model", "name the served model, e.g. llm.model=gpt-4o-mini")
+        if c.backend == "openai" and not c.base_url:
+            check(bool(api_key_of(c)), "llm.api_key", "llm=openai needs a key: set OPENAI_API_KEY or pass llm.api_key=...")
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            value = c[key]
+            check(value is None or value > 0, f"llm.{key}", f"must be > 0 or null, got {value}")
+
+
+@dataclass
 class OpenAILLM(LLM):
     name: ClassVar[str] = "openai"
     base_url: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout_s: float = 120.0
+    concurrency: int = OpenAIConfig.concurrency
+    max_retries: int = OpenAIConfig.max_retries
+    timeout_s: float = OpenAIConfig.timeout_s
     requests_per_minute: Optional[float] = None
     tokens_per_minute: Optional[float] = None
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     seed: int = 0
+    unreachable_after_s: float = UNREACHABLE_AFTER_S
+    _answered: bool = field(default=False, repr=False)  # has the server ever answered?
+    _unreachable_since: Optional[float] = field(default=None, repr=False)
     _runner: Optional[_LoopThread] = field(default=None, repr=False)
     _state: Optional[tuple] = field(default=None, repr=False)  # (client, gate, limiter), made in the loop
 
-    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
-        return list(self._generate_iter(requests, params, usage, len(requests)))
+    @classmethod
+    def from_config(cls, cfg, cache) -> "OpenAILLM":
+        from selfinstruct.secrets import api_key_of
 
-    def _generate_iter(self, requests: list[Request], params: Sampling, usage: Usage,
-                       chunk_size: int) -> Iterator[Completion]:
-        """Results in request order while up to `concurrency` requests stay in flight: requests
-        are handed to the event loop a window ahead of the one the caller waits for, so the
-        server never idles while the caller writes a chunk (bounded, so a stopped caller leaves
-        little work behind: the rest is cancelled)."""
+        c = cfg.llm
+        return cls(model=c.model, cache=cache, endpoint=c.endpoint, base_url=c.base_url,
+                   api_key=api_key_of(c), concurrency=c.concurrency, max_retries=c.max_retries,
+                   timeout_s=c.timeout_s, requests_per_minute=c.requests_per_minute,
+                   tokens_per_minute=c.tokens_per_minute, seed=cfg.seed)
+
+    def _submit(self, request: Request, params: Sampling, usage: Usage) -> concurrent.futures.Future:
+        """Hand the request to the event loop at once; at most `concurrency` are in flight (the
+        gate), the rest wait there, so a caller that submits ahead keeps the server busy."""
         if self._runner is None:
             self._runner = _LoopThread()
-        ahead = max(chunk_size, 2 * self.concurrency)
-        pending = iter(requests)
-        futures: deque = deque()
+        return self._runner.submit(self._request(request, params, usage))
 
-        def submit(n: int) -> None:
-            for request in islice(pending, n):
-                futures.append(self._runner.submit(self._request(request, params, usage)))
+    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
+        return [f.result() for f in [self._submit(r, params, usage) for r in requests]]
 
-        submit(ahead)
-        try:
-            while futures:
-                completion = futures.popleft().result()
-                submit(1)
-                yield completion
-        finally:
-            for future in futures:
-                future.cancel()
+    def _cache_key(self, request: Request, params: Sampling) -> dict:
+        # Two servers may serve different models under one name: their answers must not mix.
+        return {**super()._cache_key(request, params), "base_url": self.base_url or DEFAULT_BASE_URL}
 
     def _setup(self) -> tuple:
         """Client, concurrency gate and rate limiter, made once on the backend's loop."""
@@ -185,14 +219,43 @@ class OpenAILLM(LLM):
             await limiter.wait(len(request.prompt) // 4 + params.max_tokens)
             async with gate:
                 try:
-                    return await self._call(client, request, params)
+                    completion = await self._call(client, request, params)
+                    self._answered = True
+                    return completion
                 except Exception as e:  # noqa: BLE001 - classified by is_retryable
-                    last_error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+                    last_error = self._scrub(self._describe(e))[:500]
                     hint = retry_after_s(e)
+                    self._check_reachable(e, last_error)
                     if not is_retryable(e):
                         break
         log.warning("request %s failed after %d attempt(s): %s", request.id, attempt + 1, last_error)
         return Completion("", "error", error=last_error)
+
+    def _describe(self, error: BaseException) -> str:
+        """An error text that names the server and the HTTP status, for logs and rejected.jsonl."""
+        import openai
+
+        url = self.base_url or DEFAULT_BASE_URL
+        if isinstance(error, openai.APIStatusError):
+            return f"HTTP {error.status_code} from {url}: {type(error).__name__}: {error}"
+        return f"{type(error).__name__} at {url}: {error}"
+
+    def _check_reachable(self, error: BaseException, text: str) -> None:
+        """Connection refused or unknown host while the server has never answered: after
+        UNREACHABLE_AFTER_S, give up the whole run instead of retrying every request."""
+        import openai
+
+        if self._answered or not isinstance(error, openai.APIConnectionError) \
+                or isinstance(error, openai.APITimeoutError):
+            return
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        elif now - self._unreachable_since >= self.unreachable_after_s:
+            raise BackendUnreachable(
+                f"cannot reach the model server at {self.base_url or DEFAULT_BASE_URL} "
+                f"({text.split(': ', 1)[-1]}) for {now - self._unreachable_since:.0f} s: is it running, "
+                "and is llm.base_url right?")
 
     def _scrub(self, message: str) -> str:
         """Error texts go into rejected.jsonl and logs; a server may quote the key in them."""

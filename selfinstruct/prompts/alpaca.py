@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 
-from ..seeds import SeedTask
+from selfinstruct.datasets.seeds import SeedTask
 
 HEADER = (
     "Below is a numbered list of {total} tasks for testing an AI assistant. Every task has an "

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from ..io import DataError, read_jsonl
+from selfinstruct.files import DataError, read_jsonl
 
 DEMOS = Path(__file__).resolve().parents[1] / "data" / "classify_demos.jsonl"
 

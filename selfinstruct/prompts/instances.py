@@ -33,7 +33,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..io import DataError, read_jsonl
+from selfinstruct.files import DataError, read_jsonl
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEMOS = {False: DATA / "instance_demos_input_first.jsonl", True: DATA / "instance_demos_output_first.jsonl"}

@@ -8,9 +8,9 @@ import os
 
 from tqdm import tqdm
 
-from ..filters import novelty_record
-from ..io import DataError, read_records, write_jsonl_atomic
-from ..rouge import RougeIndex
+from selfinstruct.filtering.rules import novelty_record
+from selfinstruct.files import DataError, read_records
+from selfinstruct.filtering.rouge import RougeIndex
 
 CHUNK = 2000  # candidates per filter call: big enough to batch, small enough for a live progress bar
 
@@ -42,5 +42,6 @@ def run_dedup(ctx) -> None:
                     out.update({k: record[k] for k in ("input", "output", "is_classification") if k in record})
                 (kept if accepted else rejected).append(out)
             bar.update(len(chunk))
-    write_jsonl_atomic(ctx.path("instructions.jsonl"), kept)
-    write_jsonl_atomic(ctx.path("rejected.jsonl"), rejected)
+    # A generation run's instructions.jsonl belongs to its instructions stage: the claim refuses it.
+    ctx.run.replace_jsonl(ctx.run.instructions, kept, "dedup")
+    ctx.run.replace_jsonl(ctx.run.rejected, rejected, "dedup")

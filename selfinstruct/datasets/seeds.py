@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import DataError, read_text
+from selfinstruct.files import DataError, read_text
 
-DEFAULT_SEEDS = Path(__file__).parent / "data" / "seed_tasks.jsonl"
+DEFAULT_SEEDS = Path(__file__).resolve().parents[1] / "data" / "seed_tasks.jsonl"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .io import DataError, read_jsonl, read_records
+from selfinstruct.files import DataError, read_records
 
 
 def record(instruction: str, input: Optional[str] = None, output: Optional[str] = None,
@@ -54,7 +54,7 @@ def parse_raw_instances(text: str, truncated: bool) -> tuple[bool, list[tuple[st
     parser as our prepare stage (checked against real runs in tests/test_fidelity.py). The last
     instance of a length-truncated completion is dropped, as it is usually cut off; no other filter
     is applied."""
-    from .prompts.instances import LABEL_LINE, parse_instances
+    from selfinstruct.prompts.instances import LABEL_LINE, parse_instances
 
     clf = bool(LABEL_LINE.search(text))
     pairs = parse_instances(text, output_first=clf)
@@ -182,20 +182,14 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(fmt.name, records, fmt.has_instances)
 
 
-RUN_FILES = ("instructions.jsonl", "classification.jsonl", "data.jsonl")
-
-
 def load_run_dir(run_dir: str | Path) -> Dataset:
     """A run's dataset from its own files: every accepted instruction (instructions.jsonl) with its
     classification (classification.jsonl) and instances (data.jsonl, once prepare has run). Tasks
     without a valid instance count as instructions, as in the paper's Table 1."""
-    run_dir = Path(run_dir)
+    from selfinstruct.rundir import RunDir
 
-    def read(name: str) -> list[dict]:
-        path = run_dir / name
-        return read_jsonl(path, allow_torn_tail=True) if path.exists() else []
-
-    accepted, labels, data = (read(name) for name in RUN_FILES)
+    run = RunDir(run_dir)
+    accepted, labels, data = (run.records(path) for path in run.dataset_files)
     flags = {r.get("id"): parse_flag(r.get("is_classification")) for r in labels}
     records = [record(r["instruction"], r.get("input", "") or "", r.get("output", "") or "",
                       parse_flag(r.get("is_classification"))) for r in data]
@@ -207,4 +201,4 @@ def load_run_dir(run_dir: str | Path) -> Dataset:
     for r in records:
         if r["instruction"] in similar:
             r["most_similar"] = similar[r["instruction"]]
-    return Dataset("run_dir", records, has_instances=(run_dir / "data.jsonl").exists())
+    return Dataset("run_dir", records, has_instances=run.data.exists())

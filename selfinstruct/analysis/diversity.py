@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .rouge import RougeIndex, tokenize
+from selfinstruct.filtering.rouge import RougeIndex, tokenize
 
 Pair = tuple[Optional[str], Optional[str]]  # (verb lemma, noun lemma); None where not found
 

@@ -2,10 +2,10 @@
 
 Keys are flat and namespaced (`data/...`, `diversity/...`, `quality/...`, `cost/<stage>/...`); the
 fixed keys of DESIGN.md are always present where their inputs exist: instance counts and lengths
-only for data that has instances, classification counts only where every task has a label. The
-analyze stage saves the expensive statistics (spaCy verb-noun structure, ROUGE-L to seeds, judge) in
-analysis.json, merged here while it still describes the run's files; prepare saves instance filter
-losses and parse failures in prepare_stats.json.
+only for data that has instances, classification counts only where every task has a label. What
+the files show is computed here; what a stage computed (prepare's instance-filter losses, the
+analyze stage's verb-noun structure and ROUGE-L to seeds, finetune, evaluate) it saved with
+RunDir.save_stats, and it is merged here while the files it was computed from are unchanged.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
-from .formats import RUN_FILES, load_run_dir
-from .io import read_jsonl, write_json_atomic
+from selfinstruct.datasets.formats import load_run_dir
 
 log = logging.getLogger(__name__)
 
 COST_KEYS = ("requests", "seconds", "prompt_tokens", "completion_tokens", "retries", "errors", "cache_hits")
-
-
-def _records(path: Path) -> list[dict]:
-    return read_jsonl(path, allow_torn_tail=True) if path.exists() else []
 
 
 def _mean(values: list[float]) -> float:
@@ -68,12 +63,11 @@ def table1_stats(records: list[dict], has_instances: Optional[bool] = None) -> d
     return stats
 
 
-def generation_stats(run_dir: Path) -> dict[str, Any]:
+def generation_stats(run) -> dict[str, Any]:
     """Acceptance and rejections by rule, from instructions.jsonl and rejected.jsonl."""
-    if not (run_dir / "instructions.jsonl").exists() and not (run_dir / "rejected.jsonl").exists():
+    if not run.instructions.exists() and not run.rejected.exists():
         return {}  # no generation here (e.g. stages=[analyze] input=PATH)
-    accepted = _records(run_dir / "instructions.jsonl")
-    rejected = _records(run_dir / "rejected.jsonl")
+    accepted, rejected = run.records(run.instructions), run.records(run.rejected)
     stats: dict[str, Any] = {"generation/num_accepted": len(accepted),
                              "generation/num_rejected": len(rejected)}
     # rejections of whole responses that held no candidate do not count against acceptance
@@ -105,39 +99,32 @@ def cost_stats(ctx) -> dict[str, Any]:
     return stats
 
 
-def analysis_source(run_dir: Path) -> dict[str, int]:
-    """Sizes of the run files an analysis of the run dir read; a change makes the analysis stale."""
-    return {name: (run_dir / name).stat().st_size for name in RUN_FILES if (run_dir / name).exists()}
-
-
 def load_analysis(run_dir: Path) -> Optional[dict]:
-    """analysis.json of the analyze stage, or None if absent or stale (the run's files grew since)."""
-    path = run_dir / "analysis.json"
-    if not path.exists():
+    """analysis.json of the analyze stage (histograms, top verb-noun pairs, its statistics) for the
+    notebooks and W&B, or None if absent or stale (the run's files changed since)."""
+    from selfinstruct.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.analysis.exists():
         return None
-    analysis = json.loads(path.read_text())
+    analysis = json.loads(run.analysis.read_text())
     files = analysis["source"].get("files")
-    if files is not None and files != analysis_source(run_dir):
+    if files is not None and files != run.file_sizes(run.dataset_files):
         log.warning("%s describes older run files: its statistics are left out; rerun "
-                    "stages=[analyze] to refresh them", path)
+                    "stages=[analyze] to refresh them", run.analysis)
         return None
     return analysis
 
 
 def write_stats(ctx) -> dict[str, Any]:
     """Compute what the run's files allow, merge the stages' saved statistics, write stats.json."""
-    run_dir = ctx.run_dir
+    run = ctx.run
     stats: dict[str, Any] = {}
-    dataset = load_run_dir(run_dir)
+    dataset = load_run_dir(run.root)
     if dataset.records:
         stats.update(table1_stats(dataset.records, dataset.has_instances))
-    stats.update(generation_stats(run_dir))
-    prepared = run_dir / "prepare_stats.json"  # instance filter losses, parse failures (prepare stage)
-    if prepared.exists():
-        stats.update(json.loads(prepared.read_text()))
-    analysis = load_analysis(run_dir)
-    if analysis is not None:
-        stats.update(analysis["stats"])
+    stats.update(generation_stats(run))
+    stats.update(run.saved_stats())
     stats.update(cost_stats(ctx))
-    write_json_atomic(run_dir / "stats.json", dict(sorted(stats.items())))
+    run.replace_json(run.stats, dict(sorted(stats.items())), "run")
     return stats

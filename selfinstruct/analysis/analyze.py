@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..formats import RUN_FILES, Dataset, load_dataset, load_run_dir
-from ..io import DataError, write_json_atomic, write_jsonl_atomic
-from ..stats import analysis_source, table1_stats, words
+from selfinstruct.analysis.stats import table1_stats, words
+from selfinstruct.datasets.formats import Dataset, load_dataset, load_run_dir
+from selfinstruct.errors import DataError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dict[str, Any]:
     """Everything the stage saves, computed from a normalised dataset (no model needed):
     {"stats", "histograms", "verb_noun_top", "rows"}. parser: a diversity.VerbNounParser to reuse."""
-    from ..diversity import VerbNounParser, distinct_n, rouge_to_seeds, top_verb_nouns, verb_noun_stats
+    from selfinstruct.analysis.diversity import VerbNounParser, distinct_n, rouge_to_seeds, top_verb_nouns, verb_noun_stats
 
     records = dataset.records
     stats = table1_stats(records, dataset.has_instances)
@@ -82,41 +82,49 @@ def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dic
 
 
 def _dataset(ctx) -> tuple[Optional[Dataset], dict]:
+    run = ctx.run
     # With dedup in the same run, `input` is dedup's input: analyse what dedup kept instead.
     if ctx.cfg.input and "dedup" not in ctx.cfg.stages:
+        if run.instructions.exists():
+            raise RunError(f"{run.root} holds a generation run; analysing input={ctx.cfg.input} there would "
+                           "replace its analysis: leave hydra.run.dir unset (a new run dir), or drop input= "
+                           "to analyse the run itself")
         dataset = load_dataset(ctx.cfg.input)
         return dataset, {"input": str(Path(ctx.cfg.input).resolve()), "format": dataset.format}
-    if not any(ctx.path(name).exists() for name in RUN_FILES):
-        raise DataError(f"{ctx.run_dir}: nothing to analyse: none of {list(RUN_FILES)} exists; run the "
+    if not any(path.exists() for path in run.dataset_files):
+        names = [path.name for path in run.dataset_files]
+        raise DataError(f"{run.root}: nothing to analyse: none of {names} exists; run the "
                         "generation stages first, or analyse a dataset file with input=PATH")
-    dataset = load_run_dir(ctx.run_dir)
-    return dataset, {"input": None, "format": dataset.format, "files": analysis_source(ctx.run_dir)}
+    dataset = load_run_dir(run.root)
+    return dataset, {"input": None, "format": dataset.format, "files": run.file_sizes(run.dataset_files)}
 
 
 def run_analyze(ctx) -> None:
-    cfg = ctx.cfg
+    cfg, run = ctx.cfg, ctx.run
     dataset, source = _dataset(ctx)
     if not dataset.records:
-        log.warning("analyze: %s holds no instructions yet; nothing to analyse", ctx.run_dir)
+        log.warning("analyze: %s holds no instructions yet; nothing to analyse", run.root)
         return
     seed_texts = [t.instruction for t in ctx.seeds]
     source["num_seeds"] = len(seed_texts)
     result = analyze_dataset(dataset, seed_texts)
     if cfg.analyze.judge:
-        from ..judge import run_judge
+        from selfinstruct.analysis.judge import run_judge
 
         judge_stats, judged = run_judge(ctx, dataset.records)
         result["stats"].update(judge_stats)
-        write_jsonl_atomic(ctx.path("judge.jsonl"), judged)
+        run.replace_jsonl(run.judge, judged, "analyze")
     rows = result.pop("rows")
     analysis = {"source": source, **result}
-    write_jsonl_atomic(ctx.path("analysis_instructions.jsonl"), rows)
-    write_json_atomic(ctx.path("analysis.json"), analysis, indent=None)
+    run.replace_jsonl(run.analysis_rows, rows, "analyze")
+    run.replace_json(run.analysis, analysis, "analyze", indent=None)
+    inputs = run.dataset_files if source["input"] is None else []
+    run.save_stats("analyze", result["stats"], inputs=inputs)
     s = result["stats"]
     log.info("analyze: %d instructions, verb-noun share %.3f, top-20x4 coverage %.3f, ROUGE-L to "
              "seed %.3f", s["data/num_instructions"], s["diversity/verb_noun_share"],
              s["diversity/top20x4_coverage"], s.get("diversity/rouge_to_seed_mean", float("nan")))
     if cfg.analyze.plots:
-        from ..plots import write_pngs
+        from selfinstruct.analysis.plots import write_pngs
 
-        write_pngs(analysis, ctx.path("plots"), threshold=cfg.filters.rouge_threshold)
+        write_pngs(analysis, run.plots, threshold=cfg.filters.rouge_threshold)

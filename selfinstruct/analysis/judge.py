@@ -7,8 +7,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .llm import Request, Sampling
-from .prompts.judge import QUESTIONS, build_prompt, parse_answer
+from selfinstruct.llm import Request, Sampling
+from selfinstruct.llm.loop import answer_all
+from selfinstruct.prompts.judge import QUESTIONS, build_prompt, parse_answer
 
 
 def sample_tasks(records: list[dict], n: int, seed: int) -> list[dict]:
@@ -31,9 +32,10 @@ def run_judge(ctx, records: list[dict]) -> tuple[dict[str, Any], list[dict]]:
         questions = list(QUESTIONS) if r["output"] is not None else ["valid_instruction"]
         for q in questions:
             prompt = build_prompt(q, r["instruction"], r["input"] or "", r["output"] or "")
-            requests.append(Request(f"judge/{i}/{q}", prompt, chat=cfg.prompt.chat))
+            requests.append(Request(f"judge/{i}/{q}", prompt, chat=ctx.style.chat))
             asked.append((i, q))
-    completions = ctx.llm.complete(requests, Sampling.from_config(cfg.sampling.judge), stage="judge")
+    completions = answer_all(ctx.llm, "judge", Sampling.from_config(cfg.sampling.judge), requests,
+                             window=2 * cfg.llm.concurrency)
 
     rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
              "answers": {}, "raw": {}} for r in sample]

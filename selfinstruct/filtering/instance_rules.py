@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from .filters import repeated_ngram
+from selfinstruct.filtering.rules import repeated_ngram
 
 RULES = ("truncated_last", "empty_output", "input_equals_output", "ends_with_colon", "repetitive",
          "conflicting_outputs", "duplicate", "over_cap")

@@ -4,11 +4,11 @@ filters, and write
     data.jsonl          id (of the instruction), instruction, input, output, is_classification
     finetune.jsonl      prompt, completion: the paper's randomly varied prompt formats
     alpaca.json         a JSON list of instruction, input, output
-    prepare_stats.json  instance filter losses and parse failures (merged into stats.json)
 
-from the run's files alone, deterministically given cfg.seed, each file replaced atomically. With
-prompt=alpaca the tasks come with their instance from the instructions stage (no classify or
-instances stage), and is_classification is null: nothing asked.
+from the run's files alone, deterministically given cfg.seed, each file replaced atomically; the
+instance filter losses and parse failures go to stats.json. When the prompt style's tasks carry
+their instance (prompt=alpaca) there is no classify or instances stage, and is_classification is
+null: nothing asked.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from ..instance_filters import RULES, filter_instances
-from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from ..prompts.classify import parse_answer
-from ..prompts.instances import parse_instances
-from .per_instruction import read_instructions
+from selfinstruct.filtering.instance_rules import RULES, filter_instances
 
 # The finetuning prompt formats, facts of the paper's finetuning data: an optional "Task: " prefix,
 # the input with or without an "Input: " label, one or two line breaks between the parts, and the
@@ -76,21 +72,19 @@ def encode(instruction: str, inp: str, out: str, rng: random.Random, *, random_t
 
 def build_data(ctx) -> tuple[list[dict], dict]:
     """data.jsonl records in instruction order, and the statistics of how they were obtained."""
-    cfg, f = ctx.cfg, ctx.cfg.filters
-    instructions = read_instructions(ctx, "prepare")
-    alpaca = cfg.prompt.name == "alpaca"
-    raw = {}
-    if not alpaca and ctx.path("instances_raw.jsonl").exists():
-        raw = {r["id"]: r for r in read_jsonl(ctx.path("instances_raw.jsonl"), allow_torn_tail=True)}
+    cfg, f, run, style = ctx.cfg, ctx.cfg.filters, ctx.run, ctx.style
+    instructions = run.instruction_records("prepare")
+    carried = style.tasks_carry_instances
+    raw = {} if carried else {r["id"]: r for r in run.records(run.instances_raw)}
     losses: Counter = Counter()
     parse_failures, parsed, kept_counts, data = 0, 0, [], []
     for task in tqdm(instructions, desc="prepare", unit="inst"):
-        if alpaca:
+        if carried:
             pairs, truncated, is_clf = [(task.get("input", ""), task.get("output", ""))], False, None
         elif task["id"] in raw:
             r = raw[task["id"]]
             is_clf = bool(r["is_classification"])
-            pairs = parse_instances(r["raw"], is_clf, chat=cfg.prompt.chat)
+            pairs = style.parse_instances(r["raw"], is_clf)
             truncated = r["finish_reason"] == "length"
             parse_failures += not pairs
         else:
@@ -105,10 +99,8 @@ def build_data(ctx) -> tuple[list[dict], dict]:
                   "is_classification": is_clf} for i, o in kept]
 
     stats = {f"quality/instance_filter/{rule}": losses.get(rule, 0) for rule in RULES}
-    clf_failures = 0
-    if not alpaca and ctx.path("classification.jsonl").exists():
-        clf_failures = sum(parse_answer(r["raw"]) is None
-                           for r in read_jsonl(ctx.path("classification.jsonl"), allow_torn_tail=True))
+    clf_failures = 0 if carried else sum(style.parse_classification(r["raw"]) is None
+                                         for r in run.records(run.classification))
     stats.update({
         "quality/parse_failures": parse_failures + clf_failures,
         "quality/parse_failures/instances": parse_failures,
@@ -121,7 +113,7 @@ def build_data(ctx) -> tuple[list[dict], dict]:
 
 
 def run_prepare(ctx) -> None:
-    cfg = ctx.cfg
+    cfg, run = ctx.cfg, ctx.run
     data, stats = build_data(ctx)
     examples = [(r["instruction"], r["input"], r["output"]) for r in data]
     if cfg.prepare.include_seeds:
@@ -137,8 +129,7 @@ def run_prepare(ctx) -> None:
             finetune.append(pair)
     rng.shuffle(finetune)
     stats["data/num_finetune_pairs"] = len(finetune)
-    write_jsonl_atomic(ctx.path("data.jsonl"), data)
-    write_jsonl_atomic(ctx.path("finetune.jsonl"), finetune)
-    write_json_atomic(ctx.path("alpaca.json"),
-                      [{"instruction": i, "input": x, "output": o} for i, x, o in examples])
-    write_json_atomic(ctx.path("prepare_stats.json"), stats)
+    run.replace_jsonl(run.data, data, "prepare")
+    run.replace_jsonl(run.finetune_data, finetune, "prepare")
+    run.replace_json(run.alpaca, [{"instruction": i, "input": x, "output": o} for i, x, o in examples], "prepare")
+    run.save_stats("prepare", stats, inputs=[run.instructions, run.classification, run.instances_raw])

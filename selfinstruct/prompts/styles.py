@@ -1,0 +1,102 @@
+"""Prompt styles: how a run talks to the model at each generation stage. The `prompt` config group
+selects one by name (`STYLES`); the stages ask the style, never test its name.
+
+A style says how to build a request of each stage (sampling the in-context demonstrations for
+instruction generation), how to parse the answer into tasks, labels or instances, which stages it
+makes unnecessary, and where the final dataset's instances come from. The wording of each stage
+lives in its own module beside this one (instructions, classify, instances, alpaca).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from selfinstruct.datasets.seeds import SeedTask
+from selfinstruct.prompts import alpaca, classify, instances, instructions
+
+
+class SelfInstructStyle:
+    """The paper's pipeline: a numbered list of instructions to continue, then a Yes/No
+    classification request and an instance request per instruction. `prompt.chat` frames every
+    prompt as a chat message (prompt=selfinstruct_chat)."""
+
+    skips: frozenset[str] = frozenset()  # stages this style makes unnecessary
+    tasks_carry_instances = False  # do generated tasks come with their input and output?
+
+    def __init__(self, prompt_cfg, seeds: list[SeedTask]):
+        self.cfg = prompt_cfg
+        self.chat = bool(prompt_cfg.chat)
+        self.seeds = seeds
+        self.seed_instructions = [t.instruction for t in seeds]
+
+    # --- instruction generation ---------------------------------------------------------------
+
+    def instruction_prompt(self, rng: random.Random, machine: list[str]) -> tuple[str, int]:
+        """The prompt and the number of the first item the model is to write."""
+        p = self.cfg
+        examples = instructions.sample_in_context(rng, self.seed_instructions, machine, p.num_human, p.num_machine)
+        return instructions.build_prompt(examples, chat=self.chat, max_list_number=p.max_list_number)
+
+    def parse_tasks(self, text: str, first: int) -> list[dict]:
+        """The generated tasks of a response, {"instruction", ...} each, in response order."""
+        return [{"instruction": self.normalize(c)} for c in instructions.parse_instruction_list(text, first)]
+
+    def broken_task(self, k: int, task: dict, num_tasks: int, finish_reason: str) -> Optional[tuple[str, str]]:
+        """(rule, detail) when task k of a response is unusable as a whole task (before the
+        instruction filters); instruction-only tasks always are usable."""
+        return None
+
+    def normalize(self, text: str) -> str:
+        text = text.strip()
+        return text[:1].upper() + text[1:] if self.cfg.capitalize and text else text
+
+    # --- classification and instances ---------------------------------------------------------
+
+    def classify_prompt(self, instruction: str) -> str:
+        return classify.build_prompt(instruction, chat=self.chat)
+
+    def parse_classification(self, text: str) -> Optional[bool]:
+        return classify.parse_answer(text)
+
+    def instances_prompt(self, instruction: str, output_first: bool, max_instances: int) -> str:
+        return instances.build_prompt(instruction, output_first=output_first, chat=self.chat,
+                                      max_instances=max_instances)
+
+    def parse_instances(self, text: str, output_first: bool) -> list[tuple[str, str]]:
+        return instances.parse_instances(text, output_first, chat=self.chat)
+
+
+class AlpacaStyle(SelfInstructStyle):
+    """The Stanford Alpaca variant: one request shows seed tasks with an instance and asks for
+    whole tasks (instruction, input, output), so classify and instances have nothing to do."""
+
+    skips = frozenset({"classify", "instances"})
+    tasks_carry_instances = True
+
+    def instruction_prompt(self, rng: random.Random, machine: list[str]) -> tuple[str, int]:
+        demos = alpaca.sample_demos(rng, self.seeds, self.cfg.num_demos)  # no machine tasks shown
+        return alpaca.build_prompt(demos, chat=self.chat, num_tasks=self.cfg.num_tasks_per_request)
+
+    def parse_tasks(self, text: str, first: int) -> list[dict]:
+        tasks = alpaca.parse_tasks(text, first, self.cfg.num_tasks_per_request)
+        return [{**t, "instruction": self.normalize(t["instruction"])} for t in tasks]
+
+    def broken_task(self, k: int, task: dict, num_tasks: int, finish_reason: str) -> Optional[tuple[str, str]]:
+        # Alpaca drops the cut last task and tasks without an output
+        if k == num_tasks - 1 and finish_reason == "length":
+            return "truncated_response", "the last task of a response that hit max_tokens"
+        if task["output"] is None:
+            return "incomplete_task", "no Output field"
+        return None
+
+
+STYLES: dict[str, type[SelfInstructStyle]] = {
+    "selfinstruct": SelfInstructStyle,
+    "selfinstruct_chat": SelfInstructStyle,
+    "alpaca": AlpacaStyle,
+}
+
+
+def make_style(prompt_cfg, seeds: list[SeedTask]) -> SelfInstructStyle:
+    return STYLES[prompt_cfg.name](prompt_cfg, seeds)
