@@ -12,10 +12,10 @@ from selfinstruct.evaluation import (
     EvalTask, aggregate, answer_prompt, answer_stop, clean_answer, exact_match,
     load_eval_set, load_predictions, normalize_label, pairwise_outcome, pairwise_prompt,
     parse_pairwise, parse_rating, rating_prompt, rating_shares, rouge_l, score, win_rate)
-from selfinstruct.io import DataError
-from selfinstruct.rouge import rouge_l_f
-from selfinstruct.seeds import load_seeds
-from selfinstruct.stages.prepare import encode
+from selfinstruct.files import DataError
+from selfinstruct.filtering.rouge import rouge_l_f
+from selfinstruct.datasets.seeds import load_seeds
+from selfinstruct.generation.prepare import encode
 from tests.conftest import shared_path
 
 USER_ORIENTED = ("self-instruct", "human_eval", "user_oriented_instructions.jsonl")

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from selfinstruct.config import ConfigError
+from selfinstruct.errors import ConfigError
 from selfinstruct.training.openai_finetune import (
     OpenAIFinetuneConfig, OpenAIFinetuneError, OpenAIFinetuneTimeout, finetune_openai, training_format,
     validate)

@@ -10,12 +10,12 @@ the answer prompt and stop rules, and the judge's prompts and parsers.
                  pairwise_outcome, win_rate
 """
 
-from .answering import answer_prompt, answer_stop, clean_answer
-from .eval_sets import DEFAULT_EVAL_SET, EvalTask, load_eval_set
-from .judge import (LEVELS, pairwise_outcome, pairwise_prompt, parse_pairwise, parse_rating,
+from selfinstruct.evaluation.answering import answer_prompt, answer_stop, clean_answer
+from selfinstruct.evaluation.eval_sets import DEFAULT_EVAL_SET, EvalTask, load_eval_set
+from selfinstruct.evaluation.judge import (LEVELS, pairwise_outcome, pairwise_prompt, parse_pairwise, parse_rating,
                     rating_prompt, rating_shares, win_rate)
-from .predictions import Prediction, load_predictions
-from .scoring import aggregate, exact_match, normalize_label, rouge_l, score
+from selfinstruct.evaluation.predictions import Prediction, load_predictions
+from selfinstruct.evaluation.scoring import aggregate, exact_match, normalize_label, rouge_l, score
 
 __all__ = [
     "DEFAULT_EVAL_SET", "EvalTask", "load_eval_set",

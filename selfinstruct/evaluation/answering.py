@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from ..stages.prepare import encode
+from selfinstruct.generation.prepare import encode
 
 
 def answer_prompt(instruction: str, input: str = "") -> str:

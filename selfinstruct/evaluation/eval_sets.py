@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..formats import load_dataset
-from ..io import DataError, read_text
+from selfinstruct.datasets.formats import load_dataset
+from selfinstruct.files import DataError, read_text
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parents[1] / "data" / "eval_tasks.jsonl"
 

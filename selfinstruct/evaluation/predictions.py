@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import DataError, read_text
-from .eval_sets import EvalTask
+from selfinstruct.files import DataError, read_text
+from selfinstruct.evaluation.eval_sets import EvalTask
 
 REQUIRED = ("instruction", "input", "response", "target")
 

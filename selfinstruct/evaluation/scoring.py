@@ -12,8 +12,8 @@ import re
 import string
 from typing import Iterable
 
-from ..rouge import rouge_l_f
-from .eval_sets import EvalTask
+from selfinstruct.filtering.rouge import rouge_l_f
+from selfinstruct.evaluation.eval_sets import EvalTask
 
 # Stripped from both ends of a label: ASCII punctuation plus typographic quotes, dashes and the
 # ellipsis, which models write around labels ("**Positive**", "“spam”.", "- yes").

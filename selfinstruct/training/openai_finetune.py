@@ -45,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from selfinstruct.config import ConfigError
+from selfinstruct.errors import ConfigError
 from selfinstruct.llm.openai_backend import is_retryable, retry_after_s
 
 log = logging.getLogger(__name__)
