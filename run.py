@@ -19,14 +19,11 @@ if _REPO not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    import logging
-    from pathlib import Path
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from selfinstruct.config import ConfigError
-    from selfinstruct.files import DataError
+    from selfinstruct.errors import ConfigError
+    from selfinstruct.failures import exit_cleanly
     from selfinstruct.pipeline import run
     from selfinstruct.secrets import protect_run
 
@@ -34,25 +31,27 @@ def main(cfg: DictConfig):
     run_dir = Path(hc.runtime.output_dir)
     sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
     protect_run(cfg, run_dir, sweep_dir)  # masks the API key in logs and in Hydra's .hydra/*.yaml
-    try:
-        stats = run(cfg, run_dir)
-    except (ConfigError, DataError) as e:
-        logging.getLogger("selfinstruct").error("%s", e)
-        if hc.mode == RunMode.RUN:  # a clear message instead of a traceback
-            raise SystemExit(f"error: {e}") from None
-        raise
-    finally:
-        protect_run(cfg, run_dir, sweep_dir)
-    # Sweepers (e.g. Optuna) optimise the value returned here.
-    if not cfg.optimized_metric:
-        return None
-    if cfg.optimized_metric not in stats:
-        raise ConfigError(f"config key `optimized_metric`: {cfg.optimized_metric!r} is not a statistic "
-                          f"of this run (stats.json in {run_dir}); stages run: {list(cfg.stages)}")
-    return stats[cfg.optimized_metric]
+    # A single run ends an operational failure with one line; a sweep lets the launcher report
+    # the failed job and go on.
+    with exit_cleanly(enabled=hc.mode == RunMode.RUN):
+        try:
+            stats = run(cfg, run_dir)
+        finally:
+            protect_run(cfg, run_dir, sweep_dir)
+        # Sweepers (e.g. Optuna) optimise the value returned here.
+        if not cfg.optimized_metric:
+            return None
+        if cfg.optimized_metric not in stats:
+            raise ConfigError(f"config key `optimized_metric`: {cfg.optimized_metric!r} is not a statistic "
+                              f"of this run (stats.json in {run_dir}); stages run: {list(cfg.stages)}")
+        return stats[cfg.optimized_metric]
 
 
 if __name__ == "__main__":
     # The key must never reach Hydra, which writes the command line into the run dir.
     sys.argv[:] = take_key_from_argv(sys.argv)
+    if "-m" not in sys.argv[1:] and "--multirun" not in sys.argv[1:]:
+        from selfinstruct.failures import preflight
+
+        preflight(sys.argv[1:])
     main()

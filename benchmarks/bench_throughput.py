@@ -1,14 +1,18 @@
-"""Throughput of our classify stage against a bare AsyncOpenAI client, side by side.
+"""Throughput of our stages against a bare AsyncOpenAI client, side by side.
 
-Both send the same classify prompts at concurrency 32 to a local OpenAI-compatible server
-(tests/fake_openai_server.py, in its own process so it does not share our GIL) that answers each
-request after a fixed latency. The stage is the real one (stages/classify.py: prompts, batching,
-records appended and committed per batch); the bare client is the floor any wrapper pays: an
-asyncio.Semaphore around `completions.create`, no retries, no files.
+Both send the same kind of prompts to a local OpenAI-compatible server (tests/fake_openai_server.py,
+in its own process so it does not share our GIL). The stages are the real ones (prompts, the request
+loop, filters, records appended and committed); the bare client is the floor any wrapper pays: an
+asyncio.Semaphore around `completions.create` keeping `concurrency` requests in flight, no retries,
+no files.
 
-    python benchmarks/bench_throughput.py [--requests 640] [--latency 0.1] [--concurrency 32]
+- classify, concurrency 32, every answer after 100 ms;
+- instructions (the bootstrap loop with the ROUGE-L filter), concurrency 64, answer times that vary
+  as a real server's do (lognormal, sigma 1, mean 200 ms) and novel instruction lists.
 
-Target: our requests/s >= 0.9x the bare client's.
+    python benchmarks/bench_throughput.py [--stage classify|instructions|both] [--repeats 2]
+
+Targets: classify >= 0.9x the bare client's requests/s, instructions >= 0.8x (goal 0.9x).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+def start_server(options: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_openai_server.py"),
-                             "--latency", str(latency), "--max-seconds", "600"],
+                             *options, "--max-seconds", "1200"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("PORT "):
@@ -75,13 +79,39 @@ def run_stage(base_url: str, records: list[dict], concurrency: int) -> float:
     return seconds
 
 
-def run_bare(base_url: str, records: list[dict], concurrency: int) -> float:
-    """Seconds for a bare AsyncOpenAI client sending the same prompts."""
+def run_instructions_stage(base_url: str, num_requests: int, concurrency: int) -> float:
+    """Seconds per request of our instructions stage, asked for enough instructions to send about
+    num_requests requests (novel answers give about 7 accepted instructions per request)."""
+    import json as _json
+
+    from selfinstruct.pipeline import run
+    from tests.conftest import compose
+
+    cfg = compose(["llm=openai_compatible", f"llm.base_url={base_url}", "llm.model=bench",
+                   f"llm.concurrency={concurrency}", "llm.cache=false", "tracking=none",
+                   "stages=[instructions]", f"num_instructions={num_requests * 7}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = run(cfg, tmp)
+        stats = _json.loads((Path(tmp) / "stats.json").read_text())
+    requests = stats["cost/instructions/requests"]
+    return stats["cost/instructions/seconds"], requests
+
+
+def instruction_prompts(n: int) -> list[str]:
+    import random
+
+    from selfinstruct.datasets.seeds import load_seeds
+    from selfinstruct.prompts.instructions import build_prompt, sample_in_context
+
+    seeds = [t.instruction for t in load_seeds()]
+    rng = random.Random(0)
+    return [build_prompt(sample_in_context(rng, seeds, [], 6, 2), chat=False, max_list_number=16)[0]
+            for _ in range(n)]
+
+
+def run_bare(base_url: str, prompts: list[str], concurrency: int, max_tokens: int, stop: list[str]) -> float:
+    """Seconds for a bare AsyncOpenAI client sending the prompts with `concurrency` in flight."""
     from openai import AsyncOpenAI
-
-    from selfinstruct.prompts.classify import build_prompt
-
-    prompts = [build_prompt(r["instruction"], chat=False) for r in records]
 
     async def go() -> float:
         client = AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=0)
@@ -89,8 +119,8 @@ def run_bare(base_url: str, records: list[dict], concurrency: int) -> float:
 
         async def one(prompt: str) -> str:
             async with gate:
-                response = await client.completions.create(model="bench", prompt=prompt, max_tokens=3,
-                                                           temperature=0.0, stop=["\n", "Task:"])
+                response = await client.completions.create(model="bench", prompt=prompt, max_tokens=max_tokens,
+                                                           temperature=0.0, stop=stop)
                 return response.choices[0].text
 
         await one(prompts[0])  # connect once, as the stage's warm-up does
@@ -104,33 +134,55 @@ def run_bare(base_url: str, records: list[dict], concurrency: int) -> float:
     return asyncio.run(go())
 
 
+def compare(name: str, bare_rps: list[float], ours_rps: list[float], target: float, note: str) -> dict:
+    bare, ours = max(bare_rps), max(ours_rps)
+    print(f"{name}: {note}")
+    print(f"  {'bare AsyncOpenAI':30s} {bare:7.1f} req/s")
+    print(f"  {'selfinstruct ' + name + ' stage':30s} {ours:7.1f} req/s")
+    print(f"  ratio ours/bare: {ours / bare:.2f}x  (target >= {target:.2f}x)")
+    return {f"{name}_bare_rps": bare, f"{name}_ours_rps": ours, f"{name}_ratio": ours / bare}
+
+
 def main() -> None:
+    from selfinstruct.prompts.classify import build_prompt
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=640)
-    parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--stage", choices=["classify", "instructions", "both"], default="both")
+    parser.add_argument("--requests", type=int, default=640, help="classify requests per measurement")
+    parser.add_argument("--instruction-requests", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    records = instructions(args.requests)
-    proc, base_url = start_server(args.latency)
-    try:
-        bare, ours = [], []
-        for _ in range(args.repeats):  # interleaved, so drift on the machine hits both alike
-            bare.append(run_bare(base_url, records, args.concurrency))
-            ours.append(run_stage(base_url, records, args.concurrency))
-    finally:
-        proc.kill()
-    ideal = args.requests / args.concurrency * args.latency
-    rows = [("bare AsyncOpenAI", min(bare)), ("selfinstruct classify stage", min(ours))]
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{args.requests} classify requests, concurrency {args.concurrency}, "
-          f"server latency {args.latency * 1000:.0f} ms (ideal {args.requests / ideal:.0f} req/s)")
-    for name, seconds in rows:
-        print(f"  {name:30s} {seconds:6.2f} s  {args.requests / seconds:7.1f} req/s")
-    ratio = min(bare) / min(ours)
-    print(f"  ratio ours/bare: {ratio:.2f}x  (target >= 0.90x)")
-    print(json.dumps({"bare_rps": args.requests / min(bare), "ours_rps": args.requests / min(ours),
-                      "ratio": ratio}))
+    result = {}
+    if args.stage in ("classify", "both"):
+        records = instructions(args.requests)
+        prompts = [build_prompt(r["instruction"], chat=False) for r in records]
+        proc, base_url = start_server(["--latency", "0.1"])
+        try:
+            bare, ours = [], []
+            for _ in range(args.repeats):  # interleaved, so drift on the machine hits both alike
+                bare.append(args.requests / run_bare(base_url, prompts, 32, 3, ["\n", "Task:"]))
+                ours.append(args.requests / run_stage(base_url, records, 32))
+        finally:
+            proc.kill()
+        result.update(compare("classify", bare, ours, 0.9,
+                              f"{args.requests} requests, concurrency 32, server latency 100 ms"))
+    if args.stage in ("instructions", "both"):
+        n = args.instruction_requests
+        prompts = instruction_prompts(n)
+        proc, base_url = start_server(["--latency", "0.2", "--sigma", "1", "--answers", "novel"])
+        try:
+            bare, ours = [], []
+            for _ in range(args.repeats):
+                bare.append(n / run_bare(base_url, prompts, 64, 1024, ["\n\n", "\n16", "16."]))
+                seconds, sent = run_instructions_stage(base_url, n, 64)
+                ours.append(sent / seconds)
+        finally:
+            proc.kill()
+        result.update(compare("instructions", bare, ours, 0.8,
+                              f"~{n} requests, concurrency 64, lognormal answer times (sigma 1, mean 200 ms)"))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from selfinstruct.errors import ConfigError
+from selfinstruct.evaluation.config import EvaluateConfig
 from selfinstruct.llm import BACKENDS, backend_schema
 from selfinstruct.llm.base import Sampling, check
 from selfinstruct.stages import NAMES as STAGES
@@ -59,11 +60,12 @@ class SamplingConfig:
     instructions: Sampling = field(default_factory=Sampling)
     classify: Sampling = field(default_factory=Sampling)
     instances: Sampling = field(default_factory=Sampling)
-    judge: Sampling = field(default_factory=Sampling)
+    judge: Sampling = field(default_factory=Sampling)  # the data judge and the evaluate judge
+    evaluate: Sampling = field(default_factory=lambda: Sampling(max_tokens=128))  # answering eval tasks
 
     @staticmethod
     def check(s) -> None:
-        for stage in ("instructions", "classify", "instances", "judge"):
+        for stage in ("instructions", "classify", "instances", "judge", "evaluate"):
             Sampling.check(s[stage], f"sampling.{stage}")
 
 
@@ -160,7 +162,7 @@ class Config:
         default_factory=lambda: ["instructions", "classify", "instances", "prepare", "analyze"]
     )
     seed: int = 0
-    input: Optional[str] = None  # a dataset file for stages run on external data (analyze, dedup)
+    input: Optional[str] = None  # a dataset file for stages run on external data (analyze, dedup, finetune)
     optimized_metric: Optional[str] = None  # stats.json key returned to sweepers (e.g. Optuna)
     llm: Any = MISSING  # typed by the backend's own schema (conf/llm/NAME.yaml names it)
     prompt: PromptConfig = MISSING
@@ -170,6 +172,7 @@ class Config:
     tracking: TrackingConfig = MISSING
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 GROUP_SCHEMAS = {"prompt": PromptConfig, "sampling": SamplingConfig, "filters": FiltersConfig,
@@ -224,7 +227,7 @@ def validate(cfg: DictConfig) -> None:
     if "dedup" in cfg.stages:
         check(cfg.input is not None, "input", "stages=[dedup] needs input=PATH (a JSONL or JSON list)")
     backend_schema(cfg.llm.backend).check(cfg.llm)
-    for group in ("prompt", "sampling", "filters", "seeds", "tracking", "prepare", "analyze"):
+    for group in ("prompt", "sampling", "filters", "seeds", "tracking", "prepare", "analyze", "evaluate"):
         group_check = getattr(OmegaConf.get_type(cfg[group]), "check", None)
         if group_check is not None:
             group_check(cfg[group])

@@ -31,7 +31,8 @@ class RunContext:
     seeds: list[SeedTask]
     style: SelfInstructStyle
     _llm: Optional[LLM] = None
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    _more_llms: list = field(default_factory=list)  # other models a stage asked (tuned, judge)
+    tracker: Any = None  # W&B (or nothing): stages log curves as they go, e.g. the finetune loss
 
     @property
     def run_dir(self) -> Path:
@@ -56,6 +57,10 @@ class RunContext:
         return cls(cfg=cfg, run=RunDir(run_dir).open(), seeds=seeds, style=make_style(cfg.prompt, seeds))
 
     def __post_init__(self) -> None:
+        if self.tracker is None:
+            from selfinstruct.tracking import NoTracking
+
+            self.tracker = NoTracking()
         # Usage of earlier invocations, read once. Every checkpoint commit saves it plus this
         # invocation's, so the retries and errors of a run killed later are still counted.
         self._usage_before = {stage: Usage(**u) for stage, u in self.checkpoint.get("usage", {}).items()}
@@ -64,19 +69,35 @@ class RunContext:
     def _usage_record(self) -> dict:
         return {"usage": {s: u.as_dict() for s, u in self.usage_so_far().items()}}
 
+    def add_llm(self, llm: LLM) -> LLM:
+        """Another model a stage uses (the tuned model, a judge): its usage counts, close closes it."""
+        self._more_llms.append(llm)
+        return llm
+
     def usage_so_far(self) -> dict[str, Usage]:
         """Per-stage model usage of earlier invocations of this run dir plus this one."""
         total = dict(self._usage_before)
-        if self._llm is not None:
-            for stage, usage in self._llm.usage.items():
-                total[stage] = total.get(stage, Usage()).add(usage)
+        for llm in [self._llm, *self._more_llms]:
+            if llm is not None:
+                for stage, usage in llm.usage.items():
+                    total[stage] = total.get(stage, Usage()).add(usage)
         return total
 
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Wall time of each stage's latest complete run (in this invocation or an earlier one)."""
+        return self.checkpoint.get("stage_seconds", {})
+
+    def record_stage_time(self, stage: str, seconds: float) -> None:
+        self.checkpoint.put("stage_seconds", {**self.stage_seconds, stage: seconds})
+
     def close_llm(self) -> None:
-        if self._llm is not None:
+        if self._llm is not None or self._more_llms:
             self._usage_before = self.usage_so_far()
-            self._llm.close()
-            self._llm = None
+            for llm in [self._llm, *self._more_llms]:
+                if llm is not None:
+                    llm.close()
+            self._llm, self._more_llms = None, []
             self.checkpoint.put("usage", self._usage_record()["usage"])
 
     def close(self) -> None:
@@ -93,14 +114,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     validate(cfg)
     ctx = RunContext.open(cfg, run_dir)  # fails on a malformed seed file before any model loads
     try:
-        tracker = start_tracking(cfg, ctx.run_dir)
+        tracker = ctx.tracker = start_tracking(cfg, ctx.run_dir)
         stats: dict[str, Any] = {}
         try:
             for name in cfg.stages:
                 log.info("stage %s", name)
                 started = time.perf_counter()
                 stage_function(name)(ctx)
-                ctx.stage_seconds[name] = time.perf_counter() - started
+                ctx.record_stage_time(name, time.perf_counter() - started)
         finally:
             ctx.close_llm()
             try:

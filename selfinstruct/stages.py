@@ -15,6 +15,8 @@ WHERE = {
     "prepare": ("selfinstruct.generation.prepare", "run_prepare"),
     "analyze": ("selfinstruct.analysis.analyze", "run_analyze"),
     "dedup": ("selfinstruct.filtering.dedup", "run_dedup"),
+    "finetune": ("selfinstruct.training.finetune", "run_finetune"),
+    "evaluate": ("selfinstruct.evaluation.evaluate", "run_evaluate"),
 }
 NAMES = tuple(WHERE)
 

@@ -31,6 +31,9 @@ class NoTracking:
     def log_stats(self, stats, ctx) -> None:
         pass
 
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -100,14 +103,41 @@ class WandbTracker:
         except Exception as e:  # a figure failing must not lose the summary
             log.warning("tracking: could not build the W&B figures (%s)", e)
             return
+        media.update(eval_media(ctx.run))
         if media:
             self.run.log(media)
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        """A point of a curve as it happens, e.g. {"train/loss": ..., "train/step": ...}."""
+        try:
+            self.run.log(metrics)
+        except Exception as e:  # tracking must never cost a run its data
+            log.warning("tracking: could not log %s (%s)", sorted(metrics), e)
 
     def finish(self) -> None:
         try:
             self.run.finish()
         except Exception as e:
             log.warning("tracking: W&B finish failed (%s)", e)
+
+
+EVAL_COLUMNS = ["id", "instruction", "input", "reference", "base_answer", "tuned_answer", "base_rougeL",
+                "tuned_rougeL", "base_rating", "tuned_rating", "pairwise", "answer", "rougeL"]
+
+
+def eval_media(run) -> dict[str, Any]:
+    """The evaluated tasks as a W&B table: the base and the tuned answer side by side."""
+    if not run.eval.exists():
+        return {}
+    import wandb
+
+    from selfinstruct.files import read_jsonl
+
+    rows = read_jsonl(run.eval)
+    if not rows:
+        return {}
+    columns = [c for c in EVAL_COLUMNS if any(c in r for r in rows)]
+    return {"eval/answers": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
 
 
 def sample_rows(rows: list[dict], n: int, seed: int) -> list[dict]:

@@ -50,6 +50,32 @@ def default_answer(prompt: str, body: dict) -> str:
     return FakeLLM(model="fake-server")._answer(request, Sampling(max_tokens=10**6)).text
 
 
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+_VERBS = ["Describe", "Explain", "Summarize", "Suggest", "Compare", "List", "Rewrite", "Plan",
+          "Classify", "Translate", "Outline", "Evaluate", "Recommend", "Estimate", "Design", "Name"]
+
+
+def novel_answer(prompt: str, body: dict) -> str:
+    """Like default_answer, but instruction lists are random phrases of pseudo-words (consonant-
+    vowel syllables: never a blacklisted word), so almost every candidate is novel under ROUGE-L
+    and a run can reach the paper's 52K instructions. Other stages answer as default_answer."""
+    stage = guess_stage(prompt)
+    if stage != "instructions":
+        return default_answer(prompt, body)
+    match = re.search(r"(\d+)\.\s*$", prompt)
+    first = int(match.group(1)) if match else 9
+    rng = random.Random(prompt)
+    lines = []
+    for number in range(first, 16):
+        words = ["".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3))) for _ in range(rng.randint(7, 14))]
+        item = f"{rng.choice(_VERBS)} the {' '.join(words)}."
+        lines.append(item if number == first else f"{number}. {item}")
+    return " " + "\n".join(lines)
+
+
+ANSWERS = {"default": default_answer, "novel": novel_answer}
+
+
 def guess_stage(prompt: str) -> str:
     """Which of our stages wrote the prompt (the fake model answers by stage)."""
     from selfinstruct.llm.fake import ALPACA_PROMPT
@@ -72,11 +98,15 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAIServer:
     def __init__(self, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULT_KINDS, slow_s: float = 2.0, seed: int = 0,
-                 fail_first: int = 0, answer: Optional[Answer] = None, port: int = 0):
+                 fail_first: int = 0, answer: Optional[Answer] = None, port: int = 0,
+                 latency_sigma: float = 0.0):
         unknown = set(faults) - set(ALL_FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {ALL_FAULT_KINDS}")
         self.latency_s, self.fault_rate, self.faults = latency_s, fault_rate, tuple(faults)
+        # > 0: answer times vary as a real server's do, lognormal with mean latency_s, so answers
+        # come back in another order than the requests went out
+        self.latency_sigma = latency_sigma
         self.fail_first = fail_first
         self.slow_s, self.seed = slow_s, seed
         self.answer = answer or default_answer
@@ -116,8 +146,8 @@ class FakeOpenAIServer:
         with self.lock:
             return {"requests": self.arrivals, "max_in_flight": self.max_in_flight, **self.outcomes}
 
-    def next_fault(self, auth: str) -> Optional[str]:
-        """Count an arrival and decide its fault (None: answer normally)."""
+    def next_fault(self, auth: str) -> tuple[Optional[str], float]:
+        """Count an arrival; decide its fault (None: answer normally) and how long it takes."""
         with self.lock:
             number = self.arrivals
             self.arrivals += 1
@@ -125,9 +155,12 @@ class FakeOpenAIServer:
         rng = random.Random(f"{self.seed}/{number}")
         faulty = number < self.fail_first or rng.random() < self.fault_rate
         fault = rng.choice(self.faults) if self.faults and faulty else None
+        latency = self.latency_s
+        if self.latency_sigma and latency:
+            latency *= rng.lognormvariate(-self.latency_sigma ** 2 / 2, self.latency_sigma)
         with self.lock:
             self.outcomes[fault or "ok"] += 1
-        return fault
+        return fault, latency
 
     def respond(self, path: str, body: dict) -> dict:
         """The OpenAI-format body of a normal answer."""
@@ -188,13 +221,13 @@ def _handler_for(server: FakeOpenAIServer) -> type:
                 self.send(400, b'{"error": {"message": "request body is not JSON"}}')
                 return
             auth = self.headers.get("Authorization", "")
-            fault = server.next_fault(auth)
+            fault, latency = server.next_fault(auth)
             with server.lock:
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
             try:
-                if server.latency_s:
-                    time.sleep(server.latency_s)
+                if latency:
+                    time.sleep(latency)
                 if fault == "429":
                     self.send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
                               {"retry-after-ms": "20"})
@@ -224,18 +257,20 @@ def _handler_for(server: FakeOpenAIServer) -> type:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer (the mean)")
+    parser.add_argument("--sigma", type=float, default=0.0, help="lognormal spread of answer times")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--faults", default=",".join(FAULT_KINDS))
     parser.add_argument("--slow", type=float, default=2.0)
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long")
+    parser.add_argument("--answers", choices=sorted(ANSWERS), default="default")
     args = parser.parse_args()
-    server = FakeOpenAIServer(latency_s=args.latency, fault_rate=args.fault_rate,
+    server = FakeOpenAIServer(latency_s=args.latency, latency_sigma=args.sigma, fault_rate=args.fault_rate,
                               faults=tuple(f for f in args.faults.split(",") if f),
                               slow_s=args.slow, seed=args.seed, fail_first=args.fail_first,
-                              port=args.port).start()
+                              port=args.port, answer=ANSWERS[args.answers]).start()
     print(f"PORT {server.port}", flush=True)
     try:
         time.sleep(args.max_seconds)  # bounded: a forgotten server stops by itself

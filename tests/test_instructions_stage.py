@@ -138,9 +138,14 @@ def test_stricter_threshold_accepts_less(tmp_path):
 
 
 def test_truncated_response_is_discarded_whole(tmp_path):
-    _, stats = run_fake(tmp_path, tmp_path / "run", ["num_instructions=3",
-                                                    "sampling.instructions.max_tokens=20",
-                                                    "llm.concurrency=1", "filters.min_words=0"])
+    from selfinstruct.errors import RunError
+
+    # every response is cut by max_tokens: nothing is accepted, and a run that produced nothing it
+    # was asked for fails, naming the rule that rejected everything
+    with pytest.raises(RunError, match="truncated_response"):
+        run_fake(tmp_path, tmp_path / "run", ["num_instructions=3", "sampling.instructions.max_tokens=20",
+                                              "llm.concurrency=1", "filters.min_words=0"])
     rejected = read_jsonl(tmp_path / "run" / "rejected.jsonl")
-    assert stats["quality/rejected/truncated_response"] > 0
-    assert all(r["rule"] == "truncated_response" for r in rejected)
+    assert rejected and all(r["rule"] == "truncated_response" for r in rejected)
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())  # written all the same
+    assert stats["quality/rejected/truncated_response"] == len(rejected)

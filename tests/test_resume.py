@@ -121,7 +121,10 @@ def test_kill_9_and_resume_gives_the_records_of_an_uninterrupted_run(tmp_path, c
     ours, theirs = (json.loads((d / "stats.json").read_text()) for d in (run_dir, reference))
     for stage in ("instructions", "classify", "instances"):
         asked = ours[f"cost/{stage}/requests"] + ours[f"cost/{stage}/cache_hits"]
-        assert asked >= theirs[f"cost/{stage}/requests"] > 0, stage
+        # the responses still in flight when the instructions target was reached are not needed,
+        # so a run killed right after reaching it never counts them (at most concurrency - 1)
+        slack = 1 if stage == "instructions" else 0
+        assert asked >= theirs[f"cost/{stage}/requests"] - slack > 0, stage
     # every stage's work was done once and committed: nothing was duplicated by the resumes
     ids = [r["id"] for r in records(run_dir / "instructions.jsonl")]
     assert ids == [f"machine_task_{i}" for i in range(40)]

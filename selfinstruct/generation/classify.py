@@ -4,8 +4,9 @@ raw (the model's answer as returned)."""
 
 from __future__ import annotations
 
-from selfinstruct.generation.per_instruction import run_per_instruction, skipped
+from selfinstruct.generation.per_instruction import skipped
 from selfinstruct.llm import Request, Sampling
+from selfinstruct.llm.loop import run_items
 
 
 def run_classify(ctx) -> None:
@@ -25,5 +26,6 @@ def run_classify(ctx) -> None:
         return {"id": r["id"], "instruction": r["instruction"],
                 "is_classification": style.parse_classification(completion.text) is True, "raw": completion.text}
 
-    run_per_instruction(ctx, "classify", run.classification, todo, len(instructions), request, record,
-                        Sampling.from_config(ctx.cfg.sampling.classify))
+    run_items(ctx.llm, "classify", Sampling.from_config(ctx.cfg.sampling.classify), todo, request, record,
+              path=run.classification, checkpoint=run.checkpoint, window=ctx.cfg.llm.concurrency,
+              total=len(instructions))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from selfinstruct.generation.per_instruction import run_per_instruction, skipped
+from selfinstruct.generation.per_instruction import skipped
 from selfinstruct.llm import Request, Sampling
+from selfinstruct.llm.loop import run_items
 
 log = logging.getLogger(__name__)
 
@@ -39,5 +40,6 @@ def run_instances(ctx) -> None:
         return {"id": r["id"], "instruction": r["instruction"], "is_classification": labels[r["id"]],
                 "raw": completion.text, "finish_reason": completion.finish_reason}
 
-    run_per_instruction(ctx, "instances", run.instances_raw, todo, sum(r["id"] in labels for r in instructions),
-                        request, record, Sampling.from_config(cfg.sampling.instances))
+    run_items(ctx.llm, "instances", Sampling.from_config(cfg.sampling.instances), todo, request, record,
+              path=run.instances_raw, checkpoint=run.checkpoint, window=cfg.llm.concurrency,
+              total=sum(r["id"] in labels for r in instructions))

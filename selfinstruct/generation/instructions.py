@@ -1,14 +1,17 @@
 """Instruction generation with the bootstrap loop and the filters (DESIGN.md steps 2-3).
 
-Requests go through the shared loop (llm/loop.py) and their responses are applied in request order:
-parse the tasks of the response (the prompt style's parser), apply the rule filters, then the
-ROUGE-L novelty filter against the seeds and every instruction accepted before. Records are
-committed in batches (rundir/checkpoint.py), so a killed run resumes at the first uncommitted
-request and ends as an uninterrupted run would.
+Requests go through the shared loop (llm/loop.py), which keeps `llm.concurrency` of them in flight
+at all times, and their responses are applied strictly in request order: parse the tasks of the
+response (the prompt style's parser), apply the rule filters, then the ROUGE-L novelty filter
+against the seeds and every instruction accepted before.
 
-What a request's prompt shows is fixed by rule, not by timing: requests go out in rounds of
-`llm.concurrency`, and every request of a round samples its machine examples from the instructions
-accepted before the round began.
+What a request's prompt shows is fixed by rule, never by timing: with W = llm.concurrency, the
+request at position k of the run samples its machine examples from the instructions accepted from
+the responses at positions 0..k-W, which have all been applied when request k is sent (the loop
+keeps at most W requests outstanding). So a rerun with the same answers gives the same files
+whatever the answer times, and W = 1 is the paper's strictly sequential bootstrap. The pool size
+after each of the last W responses is saved with each commit, so a killed run resumes exactly.
+(The original code sends batches of 5 and updates the pool between batches; W plays that role.)
 
 A request that failed even after the backend's retries is recorded (rule request_error) and noted
 in the checkpoint; the next invocation of the same run dir sends it again first.
@@ -18,18 +21,20 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 
 from tqdm import tqdm
 
+from selfinstruct.errors import RunError
 from selfinstruct.files import append_jsonl
 from selfinstruct.filtering.rouge import RougeIndex
 from selfinstruct.filtering.rules import check_degenerate, check_instruction, novelty_record, prompt_segments
 from selfinstruct.llm import Request, Sampling
-from selfinstruct.llm.loop import WAIT, run_requests
+from selfinstruct.llm.loop import run_requests
 
 log = logging.getLogger(__name__)
 
-# Stop (with a warning) after this many requests in a row accept nothing: a model that only
+# Stop (with a warning) after this many responses in a row accept nothing: a model that only
 # repeats itself or always hits max_tokens would otherwise loop forever.
 MAX_FRUITLESS_REQUESTS = 100
 
@@ -42,67 +47,77 @@ def run_instructions(ctx) -> None:
     cfg, run, style = ctx.cfg, ctx.run, ctx.style
     files = [run.instructions, run.rejected]
     state = run.checkpoint.restore("instructions", files)
-    first_new = state.get("requests", 0)  # fresh request ids continue from here
+    fresh_ids = state.get("requests", 0)  # fresh request ids continue from here
     retry = list(state.get("failed", []))  # failed requests of an earlier invocation: asked again
-    failed: list[str] = []
     machine = [r["instruction"] for r in run.records(run.instructions)]
+    start_size, target, lag = len(machine), cfg.num_instructions, cfg.llm.concurrency
+    if start_size >= target:
+        return
+    # Pool sizes after each applied response: known[j] is the size after run position base + j.
+    start = state.get("position", 0)  # responses applied by earlier invocations
+    known = list(state.get("pool_sizes", []))
+    base = start - len(known)
     index = RougeIndex([t.instruction for t in ctx.seeds] + machine)
-    target, width = cfg.num_instructions, cfg.llm.concurrency
-    accepted_buffer, rejected_buffer = [], []
+    accepted_buffer, rejected_buffer, failed = [], [], []
     prompts: dict[str, tuple[str, int]] = {}  # request id -> (prompt, first item number)
-    progress = {"applied": 0, "fresh_applied": 0, "fruitless": 0, "round_pool": len(machine),
-                "round_accepted": False}
-    retry_ids = set(retry)
-    bar = tqdm(total=target, initial=min(len(machine), target), desc="instructions", unit="inst")
+    rules: Counter = Counter()  # rejections of this invocation, for the message when nothing passes
+    progress = {"applied": 0, "fruitless": 0}
+    bar = tqdm(total=target, initial=start_size, desc="instructions", unit="inst")
+
+    def request_id(k: int) -> str:
+        return retry[k] if k < len(retry) else f"instructions/{fresh_ids + k - len(retry)}"
 
     def source(k: int):
-        if k % width == 0:  # a new round begins once the previous one is applied
-            if k > progress["applied"]:
-                return WAIT
-            if k:
-                progress["fruitless"] = 0 if progress["round_accepted"] else progress["fruitless"] + width
-            if len(machine) >= target:
-                return None
-            if progress["fruitless"] >= MAX_FRUITLESS_REQUESTS:
-                log.warning("instructions: stopping at %d of %d; the last %d requests gave no new "
-                            "instruction (see rejected.jsonl for why)", len(machine), target, progress["fruitless"])
-                return None
-            progress["round_pool"], progress["round_accepted"] = len(machine), False
-        request_id = retry[k] if k < len(retry) else f"instructions/{first_new + k - len(retry)}"
-        prompt, first = style.instruction_prompt(request_rng(cfg.seed, request_id), machine[:progress["round_pool"]])
-        prompts[request_id] = (prompt, first)
-        return Request(request_id, prompt, chat=style.chat)
+        if len(machine) >= target or progress["fruitless"] >= MAX_FRUITLESS_REQUESTS:
+            return None
+        seen = start + k - lag  # the latest response this request may see (applied: see the loop)
+        # (a run resumed with another llm.concurrency lacks older sizes: it sees what it started with)
+        available = 0 if seen < 0 else known[seen - base] if seen >= base else start_size
+        rid = request_id(k)
+        prompt, first = style.instruction_prompt(request_rng(cfg.seed, rid), machine, available)
+        prompts[rid] = (prompt, first)
+        return Request(rid, prompt, chat=style.chat)
 
     def apply(request: Request, completion) -> None:
-        progress["applied"] += 1
-        progress["fresh_applied"] += request.id not in retry_ids
         prompt, first = prompts.pop(request.id)
-        if len(machine) >= target:
-            return  # the round's remaining responses are not needed
-        kept, rejected = filter_response(completion, first, request.id, index, cfg, style, prompt)
-        if not completion.ok:
-            failed.append(request.id)
-        for record in kept[: target - len(machine)]:
-            record["id"] = f"machine_task_{len(machine)}"
-            machine.append(record["instruction"])
-            accepted_buffer.append(record)
-            bar.update(1)
-            progress["round_accepted"] = True
-        rejected_buffer.extend(rejected)
+        if len(machine) < target:  # responses in flight when the target was reached are not needed
+            kept, rejected = filter_response(completion, first, request.id, index, cfg, style, prompt)
+            if not completion.ok:
+                failed.append(request.id)
+            for record in kept[: target - len(machine)]:
+                record["id"] = f"machine_task_{len(machine)}"
+                machine.append(record["instruction"])
+                accepted_buffer.append(record)
+            rejected_buffer.extend(rejected)
+            rules.update(r["rule"] for r in rejected)
+            progress["fruitless"] = 0 if kept else progress["fruitless"] + 1
+            bar.update(len(machine) - bar.n)
+        known.append(len(machine))
+        progress["applied"] += 1
 
     def commit() -> None:
         append_jsonl(run.instructions, accepted_buffer)
         append_jsonl(run.rejected, rejected_buffer)
         accepted_buffer.clear()
         rejected_buffer.clear()
-        retried = min(progress["applied"], len(retry))
+        applied = progress["applied"]
         run.checkpoint.commit("instructions", files, {
-            "requests": first_new + progress["fresh_applied"], "failed": retry[retried:] + failed})
-        bar.set_postfix(requests=progress["applied"])
+            "requests": fresh_ids + max(0, applied - len(retry)), "failed": retry[applied:] + failed,
+            "position": start + applied, "pool_sizes": known[-lag:]})
+        bar.set_postfix(requests=start + applied)
 
-    run_requests(ctx.llm, "instructions", Sampling.from_config(cfg.sampling.instructions), source, apply,
-                 window=width, commit=commit, commit_every=width)
-    bar.close()
+    with bar:
+        run_requests(ctx.llm, "instructions", Sampling.from_config(cfg.sampling.instructions), source, apply,
+                     window=lag, commit=commit, commit_every=lag)
+    fruitless = progress["fruitless"]
+    if len(machine) < target and fruitless >= MAX_FRUITLESS_REQUESTS:
+        summary = ", ".join(f"{rule} {n}" for rule, n in rules.most_common())
+        if len(machine) == start_size:
+            raise RunError(f"instructions: {fruitless} responses in a row gave no new instruction, so the "
+                           f"stage stopped with none of the {target - start_size} asked for (rejections: "
+                           f"{summary}; see {run.rejected})")
+        log.warning("instructions: stopping at %d of %d; the last %d responses gave no new instruction "
+                    "(rejections: %s; see %s)", len(machine), target, fruitless, summary, run.rejected)
 
 
 def filter_response(completion, first: int, request_id: str, index: RougeIndex, cfg, style, prompt: str = ""):

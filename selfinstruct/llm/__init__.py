@@ -30,7 +30,9 @@ def backend_schema(backend: str) -> type[BackendConfig]:
     return _member(backend, 1)
 
 
-def make_llm(cfg) -> LLM:
-    """The backend named by cfg.llm.backend, with the response cache when cfg.llm.cache is on."""
-    cache = ResponseCache(cache_dir_for(cfg.llm) / "responses.sqlite") if cfg.llm.cache else None
-    return _member(cfg.llm.backend, 0).from_config(cfg, cache)
+def make_llm(cfg, node=None) -> LLM:
+    """The backend an `llm` node names (default: cfg.llm; another such as evaluate.judge_llm), with
+    the response cache when its `cache` is on."""
+    node = cfg.llm if node is None else node
+    cache = ResponseCache(cache_dir_for(node) / "responses.sqlite") if node.cache else None
+    return _member(node.backend, 0).from_config(node, cfg, cache)

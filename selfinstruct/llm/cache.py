@@ -21,6 +21,7 @@ import sqlite3
 from pathlib import Path
 from typing import Optional
 
+from selfinstruct.errors import RunError
 from selfinstruct.llm.base import Completion
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
 
 
-class CacheError(RuntimeError):
+class CacheError(RunError):
     """The cache file cannot be opened; the message names it and the way out."""
 
 

@@ -81,8 +81,8 @@ class FakeLLM(LLM):
     max_list_number: int = 16
 
     @classmethod
-    def from_config(cls, cfg, cache) -> "FakeLLM":
-        c = cfg.llm
+    def from_config(cls, c, cfg, cache) -> "FakeLLM":
+        """c: the backend's config node (cfg.llm, or another such as evaluate.judge_llm)."""
         return cls(model=c.model, cache=cache, seed=cfg.seed, latency_s=c.latency_s, fail_rate=c.fail_rate,
                    max_retries=c.max_retries, concurrency=c.concurrency,
                    max_list_number=cfg.prompt.max_list_number)
@@ -178,6 +178,19 @@ class FakeLLM(LLM):
             text = "Sure! Here are some examples:\n\n" + re.sub(r"^(Example \d+|Label:|Input:|Output:)",
                                                                  r"**\1**", text, flags=re.MULTILINE)
         return text + "\n"
+
+    def _answer_evaluate(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
+        """An answer to an evaluation task (evaluation/answering.py's prompt): words of the task
+        itself, so ROUGE-L against the reference is neither 0 nor 1, ended by the end token."""
+        words = prompt.replace("\nOutput:", " ").split()
+        picked = [rng.choice(words) for _ in range(rng.randint(3, 12))] if words else ["nothing"]
+        return " " + " ".join(picked) + "<|endoftext|>"
+
+    def _answer_evaluate_judge(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
+        """A judge's reply: a rating A-D, or for a comparison of two answers 1, 2 or tie."""
+        if "Answer 2" in prompt:
+            return rng.choice([" 1", " 2", " tie", " Answer 1 is better."])
+        return rng.choice([" A", " B", " Rating: C", " D"])
 
     def _answer_alpaca(self, prompt: str, rng: random.Random, chat: bool) -> str:
         """Alpaca-style tasks (prompts/alpaca.py's format) from the open number to the last."""

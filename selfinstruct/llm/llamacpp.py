@@ -69,10 +69,10 @@ class LlamaCppLLM(LLM):
     _llama: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, cfg, cache) -> "LlamaCppLLM":
+    def from_config(cls, c, cfg, cache) -> "LlamaCppLLM":
+        """c: the backend's config node (cfg.llm, or another such as evaluate.judge_llm)."""
         from selfinstruct.llm.cache import cache_dir_for
 
-        c = cfg.llm
         path = c.model_path or str(packaged_model_path(cache_dir_for(c)))
         return cls(model=c.model, cache=cache, model_path=path, n_ctx=c.n_ctx, n_threads=c.n_threads,
                    prefix_cache=c.prefix_cache, seed=cfg.seed)

@@ -15,16 +15,18 @@ sees from that fixed rule (see generation/instructions.py), not from how many an
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from tqdm import tqdm
 
+from selfinstruct.errors import RunError
+from selfinstruct.files import append_jsonl
 from selfinstruct.llm.base import LLM, Completion, Request, Sampling
 
-
-WAIT = object()  # from source(k): request k is not ready until more results are applied
+log = logging.getLogger(__name__)
 
 
 def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int], Optional[Request]],
@@ -36,19 +38,19 @@ def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int],
     from then on); requests already in flight are still applied, so `apply` sees every result.
     `commit` runs after every commit_every results and at the end, after the fresh answers went
     to the response cache; an exception (a fatal backend error, Ctrl-C) skips the commit of the
-    results since the last one, which the next run asks for again."""
+    results since the last one, which the next run asks for again. When every request failed
+    (after the backend's retries), RunError says so with the first error, after the commit: the
+    run's state is kept for a rerun. A stage whose first `2 * window` (at least 8) requests all
+    failed stops there: the rest would fail alike (a wrong model name, a server that hangs)."""
     outstanding: deque = deque()
     started = time.perf_counter()
-    applied = since_commit = 0
-    exhausted = False
+    applied = since_commit = failed = 0
+    first_error = None
+    exhausted = stopped_early = False
     try:
         while True:
             while not exhausted and len(outstanding) < window:
                 request = source(applied + len(outstanding))
-                if request is WAIT:
-                    if not outstanding:
-                        raise RuntimeError(f"{stage}: the request source waits with nothing in flight")
-                    break
                 if request is None:
                     exhausted = True
                 else:
@@ -56,11 +58,18 @@ def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int],
             if not outstanding:
                 break
             ticket = outstanding.popleft()
-            apply(ticket.request, ticket.result())
+            completion = ticket.result()
+            if not completion.ok:
+                failed += 1
+                first_error = first_error or completion.error
+            apply(ticket.request, completion)
             applied += 1
             since_commit += 1
             if bar is not None:
                 bar.update(1)
+            if failed == applied >= max(8, 2 * window):
+                stopped_early = True  # nothing but failures so far: stop (the rest is cancelled)
+                break
             if since_commit >= commit_every:
                 llm.flush_cache()
                 commit()
@@ -71,6 +80,11 @@ def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int],
         for ticket in outstanding:
             ticket.cancel()
         llm.stage_usage(stage).seconds += time.perf_counter() - started
+    if applied and failed == applied:
+        which = f"the first {applied} requests all failed, so it stopped" if stopped_early \
+            else f"all {applied} requests failed"
+        raise RunError(f"{stage}: {which}; the first error: {first_error}. What was done before is kept: "
+                       "fix the cause and rerun the same command to go on")
     return applied
 
 
@@ -84,3 +98,44 @@ def answer_all(llm: LLM, stage: str, params: Sampling, requests: list[Request], 
                      lambda _, completion: out.append(completion), window=window,
                      commit=lambda: None, commit_every=max(1, len(requests)), bar=bar)
     return out
+
+
+def run_items(llm: LLM, stage: str, params: Sampling, todo: list, make_request: Callable[[Any], Request],
+              make_record: Callable[[Any, Completion], dict], *, path, checkpoint, window: int,
+              total: Optional[int] = None, desc: Optional[str] = None) -> None:
+    """One request per item of todo, each answered record appended to path and committed batch by
+    batch under the checkpoint key `stage` (classify, instances, evaluate answers and judgements).
+    A request that still fails after the backend's retries is logged and not recorded: the next
+    invocation of the same run dir asks for it again."""
+    batch_size = max(8, 4 * window)  # several windows per commit; one batch is what a kill loses
+    items: dict[str, Any] = {}
+    records: list[dict] = []
+    failed = 0
+
+    def source(k: int) -> Optional[Request]:
+        if k >= len(todo):
+            return None
+        request = make_request(todo[k])
+        items[request.id] = todo[k]
+        return request
+
+    def apply(request: Request, completion: Completion) -> None:
+        nonlocal failed
+        item = items.pop(request.id)
+        if completion.ok:
+            records.append(make_record(item, completion))
+        else:
+            failed += 1
+            log.warning("%s: request %s failed: %s", stage, request.id, completion.error)
+
+    def commit() -> None:
+        append_jsonl(path, records)
+        records.clear()
+        checkpoint.commit(stage, [path], {})
+
+    total = len(todo) if total is None else total
+    with tqdm(total=total, initial=total - len(todo), desc=desc or stage, unit="req") as bar:
+        run_requests(llm, stage, params, source, apply, window=max(batch_size, 2 * window),
+                     commit=commit, commit_every=batch_size, bar=bar)
+    if failed:
+        log.warning("%s: %d requests failed; rerun with the same hydra.run.dir to retry them", stage, failed)

@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# With no answer from the server yet, connection failures for this long mean it is not there.
-UNREACHABLE_AFTER_S = 30.0
+# With no answer from the server yet, connection failures for this long mean it is not there; until
+# it has answered, retries come at most this far apart, so the run ends soon after that.
+UNREACHABLE_AFTER_S = 20.0
+UNANSWERED_MAX_BACKOFF_S = 2.0
 
 
 class BackendUnreachable(RunError):
@@ -159,17 +161,16 @@ class OpenAILLM(LLM):
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     seed: int = 0
-    unreachable_after_s: float = UNREACHABLE_AFTER_S
     _answered: bool = field(default=False, repr=False)  # has the server ever answered?
     _unreachable_since: Optional[float] = field(default=None, repr=False)
     _runner: Optional[_LoopThread] = field(default=None, repr=False)
     _state: Optional[tuple] = field(default=None, repr=False)  # (client, gate, limiter), made in the loop
 
     @classmethod
-    def from_config(cls, cfg, cache) -> "OpenAILLM":
+    def from_config(cls, c, cfg, cache) -> "OpenAILLM":
+        """c: the backend's config node (cfg.llm, or another such as evaluate.judge_llm)."""
         from selfinstruct.secrets import api_key_of
 
-        c = cfg.llm
         return cls(model=c.model, cache=cache, endpoint=c.endpoint, base_url=c.base_url,
                    api_key=api_key_of(c), concurrency=c.concurrency, max_retries=c.max_retries,
                    timeout_s=c.timeout_s, requests_per_minute=c.requests_per_minute,
@@ -215,7 +216,10 @@ class OpenAILLM(LLM):
                 usage.retries += 1
                 delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random()  # jitter: retries of one burst do not arrive together
-                await asyncio.sleep(min(self.backoff_max_s, max(delay, hint or 0.0)))
+                delay = min(self.backoff_max_s, max(delay, hint or 0.0))
+                if not self._answered:
+                    delay = min(delay, UNANSWERED_MAX_BACKOFF_S)
+                await asyncio.sleep(delay)
             await limiter.wait(len(request.prompt) // 4 + params.max_tokens)
             async with gate:
                 try:
@@ -251,7 +255,7 @@ class OpenAILLM(LLM):
         now = time.monotonic()
         if self._unreachable_since is None:
             self._unreachable_since = now
-        elif now - self._unreachable_since >= self.unreachable_after_s:
+        elif now - self._unreachable_since >= UNREACHABLE_AFTER_S:
             raise BackendUnreachable(
                 f"cannot reach the model server at {self.base_url or DEFAULT_BASE_URL} "
                 f"({text.split(': ', 1)[-1]}) for {now - self._unreachable_since:.0f} s: is it running, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Optional
 
 COMPLETION_HEADER = (
     "Below is a numbered list of tasks that people have asked an AI assistant to do. Every task is a "
@@ -19,10 +20,14 @@ CHAT_TEMPLATE = (
 
 
 def sample_in_context(rng: random.Random, seed_instructions: list[str], machine_instructions: list[str],
-                      num_human: int, num_machine: int) -> list[str]:
+                      num_human: int, num_machine: int, available: Optional[int] = None) -> list[str]:
     """num_human seed + num_machine machine instructions, shuffled; only seed ones while fewer than
-    num_machine machine instructions exist (as in the paper)."""
-    machine = rng.sample(machine_instructions, num_machine) if len(machine_instructions) >= num_machine else []
+    num_machine machine instructions exist (as in the paper). Machine examples come from the first
+    `available` machine instructions (default: all); sampling indices picks what sampling the
+    list prefix would, without copying it."""
+    available = len(machine_instructions) if available is None else available
+    machine = [machine_instructions[i] for i in rng.sample(range(available), num_machine)] \
+        if available >= num_machine else []
     human = rng.sample(seed_instructions, min(len(seed_instructions), num_human + num_machine - len(machine)))
     chosen = machine + human
     rng.shuffle(chosen)

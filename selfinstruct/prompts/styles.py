@@ -32,10 +32,12 @@ class SelfInstructStyle:
 
     # --- instruction generation ---------------------------------------------------------------
 
-    def instruction_prompt(self, rng: random.Random, machine: list[str]) -> tuple[str, int]:
-        """The prompt and the number of the first item the model is to write."""
+    def instruction_prompt(self, rng: random.Random, machine: list[str], available: int) -> tuple[str, int]:
+        """The prompt and the number of the first item the model is to write; in-context machine
+        examples come from machine[:available]."""
         p = self.cfg
-        examples = instructions.sample_in_context(rng, self.seed_instructions, machine, p.num_human, p.num_machine)
+        examples = instructions.sample_in_context(rng, self.seed_instructions, machine, p.num_human,
+                                                  p.num_machine, available)
         return instructions.build_prompt(examples, chat=self.chat, max_list_number=p.max_list_number)
 
     def parse_tasks(self, text: str, first: int) -> list[dict]:
@@ -74,7 +76,7 @@ class AlpacaStyle(SelfInstructStyle):
     skips = frozenset({"classify", "instances"})
     tasks_carry_instances = True
 
-    def instruction_prompt(self, rng: random.Random, machine: list[str]) -> tuple[str, int]:
+    def instruction_prompt(self, rng: random.Random, machine: list[str], available: int) -> tuple[str, int]:
         demos = alpaca.sample_demos(rng, self.seeds, self.cfg.num_demos)  # no machine tasks shown
         return alpaca.build_prompt(demos, chat=self.chat, num_tasks=self.cfg.num_tasks_per_request)
 

@@ -42,7 +42,9 @@ class RunDir:
         self.plots = r / "plots"
         # alignment
         self.finetune_dir = r / "finetune"
-        self.eval = r / "eval.jsonl"
+        self.eval = r / "eval.jsonl"  # one record per task: both answers and their scores
+        self.eval_answers = r / "eval_answers.jsonl"  # the answers as they came, per model
+        self.eval_judge = r / "eval_judge.jsonl"  # the judge's replies
         # the run's own state
         self.progress = r / "progress.json"
         self._lock = RunLock(r)

@@ -1,8 +1,9 @@
 """progress.json: what a run has committed, so that a killed run loses nothing and duplicates nothing.
 
 Stages append records to JSONL files and, after each batch of work, `commit` fsyncs them and records
-per stage each file's size (and a fingerprint of its last bytes) plus whatever small state the stage
-needs to resume. On resume, `restore` cuts each file back to its committed size, which drops a torn
+per stage each file's size and the CRC-32 of its committed bytes (extended with only the bytes
+appended since the last commit, so a commit costs what it wrote), plus whatever small state the
+stage needs to resume. On resume, `restore` cuts each file back to its committed size, which drops a torn
 last line and the records of a batch that was not committed, so the rerun continues exactly where
 the committed work ended.
 
@@ -14,22 +15,27 @@ the run did not write is never replaced either.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from selfinstruct.errors import RunError
 from selfinstruct.files import write_json_atomic
 
-TAIL_BYTES = 1024  # the fingerprint covers this many bytes before a committed offset
-
-
-def _tail_hash(path: Path, size: int) -> str:
+def _crc(path: Path, start: int, end: int, crc: int = 0) -> int:
+    """CRC-32 of bytes [start, end) of the file, continuing from the CRC of the bytes before."""
     with open(path, "rb") as f:
-        f.seek(max(0, size - TAIL_BYTES))
-        return hashlib.sha256(f.read(min(size, TAIL_BYTES))).hexdigest()[:16]
+        f.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            remaining -= len(chunk)
+    return crc
 
 
 class Checkpoint:
@@ -77,7 +83,7 @@ class Checkpoint:
     def restore(self, stage: str, files: list[Path]) -> dict:
         """Cut the stage's files back to their committed sizes; return the stage's saved state."""
         saved = self.data.get(stage, {})
-        offsets, tails = saved.get("offsets", {}), saved.get("tails", {})
+        offsets, crcs = saved.get("offsets", {}), saved.get("crc", {})
         for path in map(Path, files):
             if not path.exists():
                 continue
@@ -87,26 +93,34 @@ class Checkpoint:
                     raise self._refuse(path, stage, self.owner(path))
                 continue
             committed = offsets[name]
-            if size < committed or (name in tails and _tail_hash(path, committed) != tails[name]):
+            if size < committed or (name in crcs and _crc(path, 0, committed) != crcs[name]):
                 raise RunError(f"{path} changed since this run committed it ({committed} bytes then, {size} "
                                "now): it was edited or replaced outside the run. Nothing was changed: move "
                                "it away, or run in a new run dir")
             if size > committed:  # a torn line or an uncommitted batch of this run's own
                 with open(path, "r+b") as f:
                     f.truncate(committed)
+        if stage not in self.data:
+            # Own the files before the first append: bytes a kill leaves before the first commit
+            # are then this run's uncommitted tail, cut on resume like any other.
+            self.commit(stage, files, {})
         return dict(saved.get("state", {}))
 
     def commit(self, stage: str, files: list[Path], state: dict) -> None:
-        offsets, tails = {}, {}
+        before = self.data.get(stage, {})
+        offsets, crcs = {}, {}
         for path in map(Path, files):
             size = 0
             if path.exists():
                 with open(path, "rb+") as f:
                     os.fsync(f.fileno())
                 size = path.stat().st_size
-                tails[path.name] = _tail_hash(path, size)
+                start, crc = before.get("offsets", {}).get(path.name, 0), before.get("crc", {}).get(path.name)
+                if crc is None or start > size:
+                    start, crc = 0, 0
+                crcs[path.name] = _crc(path, start, size, crc)
             offsets[path.name] = size
-        self.data[stage] = {"offsets": offsets, "tails": tails, "state": state}
+        self.data[stage] = {"offsets": offsets, "crc": crcs, "state": state}
         if self.extra is not None:
             self.data.update(self.extra())
         self._save()
