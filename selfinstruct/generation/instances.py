@@ -40,4 +40,4 @@ def run_instances(ctx) -> None:
                 "raw": completion.text, "finish_reason": completion.finish_reason}
 
     run_per_instruction(ctx, "instances", run.instances_raw, todo, sum(r["id"] in labels for r in instructions),
-                        request, record, Sampling.from_config(cfg.sampling.instances))
+                        request, record, style.sampling("instances", Sampling.from_config(cfg.sampling.instances)))
