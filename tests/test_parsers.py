@@ -36,7 +36,7 @@ def test_classify_prompts_share_the_demo_prefix_and_end_with_the_instruction():
     assert len(demos) >= 20 and {label for _, label in demos} == {True, False}
     assert all(f"Task: {text}\nClassification: {'Yes' if label else 'No'}" in a for text, label in demos)
     chat = classify.build_prompt("Is this email spam?", chat=True)
-    assert classify.QUESTION in chat and chat.rstrip().endswith("Answer with Yes or No only.")
+    assert classify.QUESTION in chat and chat.rstrip().endswith("Reply with one word: Yes or No.")
 
 
 # --- instances: prompt and parser -----------------------------------------------------------------

@@ -77,6 +77,12 @@ def generation_stats(run) -> dict[str, Any]:
         stats["quality/acceptance_rate"] = len(accepted) / candidates
     for rule, n in Counter(r.get("rule", "unknown") for r in rejected).items():
         stats[f"quality/rejected/{rule}"] = n
+    failures = [r for r in rejected if r.get("rule") == "parse_failure"]
+    stats["quality/parse_failures/instructions"] = len(failures)
+    for reason, n in Counter(r.get("reason", "unknown") for r in failures).items():
+        stats[f"quality/parse_failures/instructions/{reason}"] = n
+    # candidates whose list item carried more than the task (a chat model's answer under it)
+    stats["quality/answers_dropped"] = sum("dropped" in r for r in accepted + rejected)
     if accepted:
         stats["generation/max_rouge_mean"] = _mean([r.get("max_rouge", 0.0) for r in accepted])
     return stats
@@ -125,6 +131,10 @@ def write_stats(ctx) -> dict[str, Any]:
         stats.update(table1_stats(dataset.records, dataset.has_instances))
     stats.update(generation_stats(run))
     stats.update(run.saved_stats())
+    parts = [stats[f"quality/parse_failures/{stage}"] for stage in ("instructions", "classify", "instances")
+             if f"quality/parse_failures/{stage}" in stats]
+    if parts:  # responses of any stage that the prompt style's parser could not read
+        stats["quality/parse_failures"] = sum(parts)
     stats.update(cost_stats(ctx))
     run.replace_json(run.stats, dict(sorted(stats.items())), "run")
     return stats

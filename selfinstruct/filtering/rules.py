@@ -57,6 +57,7 @@ def novelty_record(candidate: str, decision, threshold: float) -> tuple[bool, di
 # name such output instead of letting it reach the data or pass as "novel" under ROUGE-L.
 _NUMBERED = re.compile(r"^\s*\d{1,3}\s*[.)]\s*")
 _WORDS = re.compile(r"[^\W\d_]+")  # letter runs: numbers and punctuation never form a "loop"
+_APPENDED = re.compile(r"[:\u2013\u2014][ \t]|[ \t]-[ \t]")  # where a model runs an answer on
 
 
 def _norm(text: str) -> str:
@@ -100,6 +101,10 @@ def check_degenerate(text: str, segments: set[str] = frozenset(), *, min_ascii_s
         return "empty_response", "the model returned only whitespace"
     if _norm(text) in segments:
         return "echo", "identical to a line of the prompt"
+    for separator in _APPENDED.finditer(text):  # an example of the prompt with its answer after it
+        head = text[:separator.start()]
+        if len(head.split()) >= 3 and _norm(head) in segments:
+            return "echo", "a line of the prompt with text appended after a colon or dash"
     letters = sum(c.isalpha() for c in text)
     share = ascii_letter_share(text)
     if letters >= min_letters and share < min_ascii_share:

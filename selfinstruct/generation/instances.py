@@ -40,6 +40,6 @@ def run_instances(ctx) -> None:
         return {"id": r["id"], "instruction": r["instruction"], "is_classification": labels[r["id"]],
                 "raw": completion.text, "finish_reason": completion.finish_reason}
 
-    run_items(ctx.llm, "instances", Sampling.from_config(cfg.sampling.instances), todo, request, record,
-              path=run.instances_raw, checkpoint=run.checkpoint, window=cfg.llm.concurrency,
-              total=sum(r["id"] in labels for r in instructions))
+    run_items(ctx.llm, "instances", style.sampling("instances", Sampling.from_config(cfg.sampling.instances)),
+              todo, request, record, path=run.instances_raw, checkpoint=run.checkpoint,
+              window=cfg.llm.concurrency, total=sum(r["id"] in labels for r in instructions))

@@ -107,8 +107,9 @@ def run_instructions(ctx) -> None:
         bar.set_postfix(requests=start + applied)
 
     with bar:
-        run_requests(ctx.llm, "instructions", Sampling.from_config(cfg.sampling.instructions), source, apply,
-                     window=lag, commit=commit, commit_every=lag)
+        sampling = style.sampling("instructions", Sampling.from_config(cfg.sampling.instructions))
+        run_requests(ctx.llm, "instructions", sampling, source, apply, window=lag, commit=commit,
+                     commit_every=lag)
     fruitless = progress["fruitless"]
     if len(machine) < target and fruitless >= MAX_FRUITLESS_REQUESTS:
         summary = ", ".join(f"{rule} {n}" for rule, n in rules.most_common())
@@ -132,8 +133,9 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
     tasks = style.parse_tasks(completion.text, first)
     candidates = [t["instruction"] for t in tasks]
     if not candidates:
-        return [], [{"candidate": completion.text[:500], "rule": "parse_failure",
-                     "detail": "no numbered instruction in the response", "request_id": request_id}]
+        reason, detail = style.why_no_tasks(completion.text)
+        return [], [{"candidate": completion.text[:500], "rule": "parse_failure", "detail": detail,
+                     "reason": reason, "request_id": request_id}]
     if completion.finish_reason == "length" and f.discard_truncated_response:
         return [], [{"candidate": c, "rule": "truncated_response",
                      "detail": "the response hit max_tokens; the paper discards it whole",
@@ -145,9 +147,11 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
         broken = broken or check_instruction(candidate, f)
         if not broken and segments is not None:
             broken = check_degenerate(candidate, segments)
+        # a chat item's dropped answer lines stay beside it, accepted or not, to be audited
+        dropped = {"dropped": task["dropped"]} if "dropped" in task else {}
         if broken:
             rejected.append({"candidate": candidate, "rule": broken[0], "detail": broken[1],
-                             "request_id": request_id})
+                             "request_id": request_id, **dropped})
         else:
             passing.append(candidate)
             fields.append({key: value for key, value in task.items() if key != "instruction"})
@@ -157,6 +161,8 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
         accepted, record = novelty_record(candidate, decision, f.rouge_threshold)
         record["request_id"] = request_id
         if accepted:
-            record.update(extra)  # alpaca: the task's input and output
+            record.update(extra)  # alpaca: the task's input and output; chat: the dropped text
+        elif "dropped" in extra:
+            record["dropped"] = extra["dropped"]
         (kept if accepted else rejected).append(record)
     return kept, rejected

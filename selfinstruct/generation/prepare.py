@@ -77,7 +77,8 @@ def build_data(ctx) -> tuple[list[dict], dict]:
     carried = style.tasks_carry_instances
     raw = {} if carried else {r["id"]: r for r in run.records(run.instances_raw)}
     losses: Counter = Counter()
-    parse_failures, parsed, kept_counts, data = 0, 0, [], []
+    failure_reasons: Counter = Counter()  # why a completion gave no instance
+    parsed, kept_counts, data = 0, [], []
     for task in tqdm(instructions, desc="prepare", unit="inst"):
         if carried:
             pairs, truncated, is_clf = [(task.get("input", ""), task.get("output", ""))], False, None
@@ -86,7 +87,8 @@ def build_data(ctx) -> tuple[list[dict], dict]:
             is_clf = bool(r["is_classification"])
             pairs = style.parse_instances(r["raw"], is_clf)
             truncated = r["finish_reason"] == "length"
-            parse_failures += not pairs
+            if not pairs:
+                failure_reasons[style.why_no_instances(r["raw"], is_clf)[0]] += 1
         else:
             continue  # no instances generated yet (the instances stage has not reached it)
         parsed += len(pairs)
@@ -101,8 +103,9 @@ def build_data(ctx) -> tuple[list[dict], dict]:
     stats = {f"quality/instance_filter/{rule}": losses.get(rule, 0) for rule in RULES}
     clf_failures = 0 if carried else sum(style.parse_classification(r["raw"]) is None
                                          for r in run.records(run.classification))
+    parse_failures = sum(failure_reasons.values())
+    stats.update({f"quality/parse_failures/instances/{reason}": n for reason, n in failure_reasons.items()})
     stats.update({
-        "quality/parse_failures": parse_failures + clf_failures,
         "quality/parse_failures/instances": parse_failures,
         "quality/parse_failures/classify": clf_failures,
         "data/num_parsed_instances": parsed,

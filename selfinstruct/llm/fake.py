@@ -118,6 +118,8 @@ class FakeLLM(LLM):
         """Continue the numbered list from the open number at the end of the prompt."""
         if ALPACA_PROMPT.search(prompt):
             return self._answer_alpaca(prompt, rng, chat)
+        if chat:
+            return self._answer_instructions_chat(prompt, rng)
         match = re.search(r"(\d+)\.\s*$", prompt)
         first = int(match.group(1)) if match else 1
         lines = []
@@ -125,6 +127,26 @@ class FakeLLM(LLM):
             item = fake_instruction(rng)
             lines.append(item if number == first else f"{number}. {item}")
         return " " + "\n".join(lines)
+
+    def _answer_instructions_chat(self, prompt: str, rng: random.Random) -> str:
+        """A markdown list numbered as the chat prompt asks, the way chat models write one: a
+        preamble now and then, one of the usual item markers, and under some items the model's own
+        answer (an "A:" line, a sub-bullet, a run-on answer), which the chat parser must drop."""
+        asked = re.search(r"numbered from (\d+) to (\d+)", prompt)
+        first, last = map(int, asked.groups()) if asked else (1, self.max_list_number - 1)
+        marker = rng.choice(["{}. ", "{}) ", "**{}.** "])
+        lines = ["Here are some new tasks:"] if rng.random() < 0.3 else []
+        for number in range(first, last + 1):
+            item = f"{marker.format(number)}{fake_instruction(rng)}"
+            roll, answer = rng.random(), f"{rng.choice(ADJECTIVES).capitalize()} answer about {rng.choice(TOPICS)}."
+            if roll < 0.1:
+                item += f"\n   A: {answer}"
+            elif roll < 0.2:
+                item += f"\n   - {answer}"
+            elif roll < 0.25:
+                item += f" Answer: {answer}"
+            lines.append(item)
+        return "\n".join(lines)
 
     def _answer_classify(self, prompt: str, rng: random.Random, chat: bool = False) -> str:
         yes = rng.random() < 0.3
@@ -174,9 +196,12 @@ class FakeLLM(LLM):
                 ([f"Input: {inp}"] if inp else []) + [f"Output: {out}"]
             blocks.append("\n".join(([f"Example {k}"] if k > 1 or chat else []) + fields))
         text = "\n".join(blocks)
-        if chat:  # what chat models do to the format: a preamble and bold markers
-            text = "Sure! Here are some examples:\n\n" + re.sub(r"^(Example \d+|Label:|Input:|Output:)",
-                                                                 r"**\1**", text, flags=re.MULTILINE)
+        if chat:  # what chat models do to the format: a preamble, markdown headers and fields
+            header = rng.choice([r"**\1**", r"\1:", r"### \1", r"**\1:**"])
+            fields = rng.choice([r"**\1:**", r"\1:", r"- \1:", r"\1 -"])
+            text = re.sub(r"^(Example \d+)", header, text, flags=re.MULTILINE)
+            text = "Sure! Here are some examples:\n\n" + re.sub(r"^(Label|Input|Output):", fields, text,
+                                                                 flags=re.MULTILINE)
         return text + "\n"
 
     def _answer_evaluate(self, prompt: str, rng: random.Random, chat: bool = False) -> str:

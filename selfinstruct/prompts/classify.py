@@ -22,10 +22,13 @@ HEADER = (
     "set (for example yes/no, positive/negative, or one of a few named categories). For each task "
     f"below we ask: {QUESTION}\n\n"
 )
+# The chat framing asks about one task after the judged examples, and for a one-word reply: chat
+# models otherwise judge the examples again or explain their answer.
 CHAT_TEMPLATE = (
     "A classification task is one whose every correct answer is a label taken from a small, fixed "
-    "set (for example yes/no, positive/negative, or one of a few named categories). Here are tasks "
-    "with the right answer:\n\n{demos}\n\n{question}\n\nTask: {instruction}\n\nAnswer with Yes or No only."
+    "set (for example yes/no, positive/negative, or one of a few named categories). Here are some "
+    "tasks, each with the right answer:\n\n{demos}\n\nNow the task to judge. {question}\n\n"
+    "Task: {instruction}\n\nReply with one word: Yes or No."
 )
 
 
@@ -55,12 +58,13 @@ def build_prompt(instruction: str, *, chat: bool, demos=None) -> str:
     return f"{HEADER}{shown}\n\n{_block(instruction.strip(), None)}"
 
 
-_ANSWER = re.compile(r"^[\s*_`\"'>#:-]*(yes|no)\b", re.IGNORECASE)
+_ANSWER = re.compile(r"^[\s*_`\"'>#:-]*(?:(?:classification|answer)[\s*_:]*)?(yes|no)\b", re.IGNORECASE)
 
 
 def parse_answer(text: str) -> Optional[bool]:
     """True for a "yes" answer, False for "no", None when the answer is neither. Stripped and case
     insensitive as in the paper; punctuation or markdown around the word ("Yes.", "**No**", "No,
-    the") is allowed because chat models add it."""
+    the") and the demonstrations' label before it ("Classification: No") are allowed because chat
+    models add them."""
     match = _ANSWER.match(text or "")
     return None if match is None else match.group(1).lower() == "yes"

@@ -21,10 +21,11 @@ The demonstrations come first and the task last, so requests of one format share
 llama.cpp evaluates once. The prompt ends with "Example 1" and the stop sequence "Example 6" caps a
 completion at five instances (the paper's limit); "Task:" stops a model that starts another task.
 
-`parse_instances` reads this format, chat replies of it (markdown emphasis, code fences, a repeated
-"Example 1"), and also the original self-instruct completions ("Class label:" lines, inputs under
-their own field names such as "Sentence:"), so real runs of the original code can be checked
-against ours (tests/test_fidelity.py).
+`parse_instances` reads this format, chat replies of it (markdown emphasis, code fences, header and
+field variants such as "**Example 1:**" or "Input -", a preamble; see _clean_chat), and also the
+original self-instruct completions ("Class label:" lines, inputs under their own field names such
+as "Sentence:"), so real runs of the original code can be checked against ours
+(tests/test_fidelity.py).
 """
 
 from __future__ import annotations
@@ -50,10 +51,20 @@ HEADERS = {
         "task needs no input, its examples list only the possible labels.\n\n"
     ),
 }
+# The chat framing spells the format out: a chat model otherwise invents headers ("Example 1:"),
+# repeats the header inside a field, restates the task or explains its examples.
 CHAT_TEMPLATE = (
-    "{header}{demos}\n\nNow write up to {max_instances} examples for the following task, in exactly "
-    "the same format, starting with \"Example 1\". Reply with the examples only.\n\nTask: {instruction}"
+    "{header}{demos}\n\nNow write up to {max_instances} new examples for the task below, in the same "
+    "format as above: each example starts with a line \"Example N\" (N from 1 up), followed by "
+    "{fields}. Do not write the task again and add no explanations: reply with the examples only."
+    "\n\nTask: {instruction}"
 )
+CHAT_FIELDS = {
+    False: "a line \"Input: ...\" (left out when the task needs no input) and a line \"Output: ...\" "
+           "with the correct output",
+    True: "a line \"Label: ...\" with one possible label and a line \"Input: ...\" with an input that "
+          "has this label; give each label its own example",
+}
 
 
 @lru_cache(maxsize=4)
@@ -95,7 +106,7 @@ def build_prompt(instruction: str, *, output_first: bool, chat: bool, max_instan
     header = HEADERS[output_first].format(max_instances=max_instances)
     if chat:
         return CHAT_TEMPLATE.format(header=header, demos=shown, max_instances=max_instances,
-                                    instruction=instruction.strip())
+                                    fields=CHAT_FIELDS[output_first], instruction=instruction.strip())
     return f"{header}{shown}\n\nTask: {instruction.strip()}\nExample 1\n"
 
 
@@ -110,19 +121,49 @@ LABEL_LINE = re.compile(r"^[ \t]*(?:Class[ \t]+)?Label[ \t]*\d*[ \t]*:", re.MULT
 _INPUT_PREFIX = re.compile(r"^\s*Input[ \t]*\d*[ \t]*:")
 
 
+# What chat models make of the format: headers "Example 1:", "Example 1 -", "### Example 1",
+# "**Example 1:**", "Example #1: Input: ..." on one line; fields "**Input:**", "- Input:", "Input -",
+# "input:"; a field that repeats its example's header ("Output: Example 1"). _clean_chat rewrites
+# them to our format before the completion parser reads it.
+# (text after a header on its line counts only after the header's punctuation: "Example 2 is
+# better" inside an output is no header)
+_CHAT_HEADER = re.compile(r"^[ \t]*(?:[-*#>]+[ \t]*)*Example[ \t]*#?[ \t]*(\d+)[ \t]*"
+                          r"(?:[-\u2013\u2014.:)][ \t]*(.*)|)$", re.MULTILINE | re.IGNORECASE)
+_CHAT_FIELD = re.compile(r"^[ \t]*(?:[-*#>]+[ \t]*)*(Input|Output|Label|Class label)[ \t]*(\d*)"
+                         r"(?:[ \t]*:|[ \t]+[-\u2013\u2014](?=[ \t]))[ \t]*", re.MULTILINE | re.IGNORECASE)
+_REPEATED_HEADER = re.compile(r"^((?:Input|Output|Label|Class label)\d*: )Example[ \t]*#?\d+[ \t]*[.:)-]?[ \t]*",
+                              re.MULTILINE)
+_FORMAT_START = re.compile(r"^(?:Example\b|(?:Input|Output|Label|Class label)\d*:)", re.MULTILINE)
+
+
 def _clean_chat(text: str) -> str:
     """Undo what chat models wrap around the format: a code block, bold or heading markers and
-    bullets at line starts, "Example 1: Input: ..." written on one line, a preamble."""
+    bullets at line starts, header and field variants, a preamble."""
     fenced = re.search(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", text, flags=re.MULTILINE | re.DOTALL)
     if fenced:  # the reply is inside a code block; chatter around it is not
         text = fenced.group(1)
     text = text.replace("**", "")
-    text = re.sub(r"^[ \t]*(?:[-*#>]+[ \t]*)+(?=(?:Example|Input|Output|Label|Class label)\b)", "",
-                  text, flags=re.MULTILINE)
-    text = re.sub(r"^([ \t]*Example[ \t]*\d+[ \t]*[.:)]?)[ \t]*(?=\S)", r"\1\n", text,
-                  flags=re.MULTILINE)
-    first = _EXAMPLE.search(text)
-    return text[first.start():] if first else text  # drop a preamble such as "Sure! Here are..."
+    # a header's own punctuation ("Example 1:") is no part of the example; what follows it on the
+    # line ("Example 1: Input: 2 + 2") is
+    text = _CHAT_HEADER.sub(lambda m: f"Example {m.group(1)}" + (f"\n{m.group(2)}" if (m.group(2) or "").strip()
+                                                                 else ""), text)
+    text = _CHAT_FIELD.sub(lambda m: f"{m.group(1).capitalize()}{m.group(2)}: ", text)
+    text = _REPEATED_HEADER.sub(r"\1", text)
+    first = _FORMAT_START.search(text)
+    return text[first.start():] if first else text  # drop a preamble ("Sure! Here are...", the task again)
+
+
+_FIELD_LINE = re.compile(r"^[A-Z][\w ]{0,30}:[ \t]*\S")
+
+
+def _missing_output(chunk: str) -> str:
+    """A chat example without an "Output:" field but with "Name: value" input lines, a blank line
+    and then a paragraph ("Premise: ...\nHypothesis: ...\n\nEntailment.") has its output last."""
+    head, sep, tail = chunk.rpartition("\n\n")
+    if sep and tail.strip() and not _OUTPUT.search(chunk) and \
+            all(_FIELD_LINE.match(line) for line in head.strip().splitlines()):
+        return f"{head}\nOutput: {tail}"
+    return chunk
 
 
 def _input_first(chunk: str) -> tuple[str, str]:
@@ -164,4 +205,17 @@ def parse_instances(text: str, output_first: bool, *, chat: bool = False) -> lis
     chunks = [c.strip() for c in _EXAMPLE.split(text)]
     if len(chunks) == 1 and not _OUTPUT.search(text):
         return []  # neither an example nor an output marker: not this format
+    if chat:
+        chunks = [_missing_output(c) for c in chunks]
     return [_input_first(c) for c in chunks if c]
+
+
+def parse_failure(text: str, output_first: bool) -> tuple[str, str]:
+    """(reason, detail) of a completion in which parse_instances found no instance."""
+    if not text.strip():
+        return "empty", "the completion is empty"
+    if output_first:
+        return "no_label", "no Label line"
+    if not _EXAMPLE.search(text) and not _OUTPUT.search(text) and not _CHAT_HEADER.search(text):
+        return "no_example", "no Example header and no Output field"
+    return "empty_examples", "Example headers with nothing under them"

@@ -9,6 +9,7 @@ lives in its own module beside this one (instructions, classify, instances, alpa
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Optional
 
@@ -40,9 +41,31 @@ class SelfInstructStyle:
                                                   p.num_machine, available)
         return instructions.build_prompt(examples, chat=self.chat, max_list_number=p.max_list_number)
 
+    def sampling(self, stage: str, params):
+        """The llm.Sampling of a stage's requests. Two of the paper's stops end a base model's
+        continuation but cut a chat reply short: a chat reply lays its list out with blank lines
+        (after a preamble, between items), and it may say the task again ("Task: ...") before its
+        examples. The chat parsers read both, and the other stops and max_tokens still end a reply."""
+        if self.chat and stage == "instructions":
+            return dataclasses.replace(params, stop=[s for s in params.stop if s.strip()])
+        if self.chat and stage == "instances":
+            return dataclasses.replace(params, stop=[s for s in params.stop if s.strip() != "Task:"])
+        return params
+
     def parse_tasks(self, text: str, first: int) -> list[dict]:
-        """The generated tasks of a response, {"instruction", ...} each, in response order."""
-        return [{"instruction": self.normalize(c)} for c in instructions.parse_instruction_list(text, first)]
+        """The generated tasks of a response, {"instruction", ...} each, in response order. A chat
+        task also has "dropped": what the reply wrote under the item that is not part of the task
+        (an answer, a code block, sub-bullets), when there was any."""
+        if not self.chat:
+            return [{"instruction": self.normalize(c)} for c in instructions.parse_instruction_list(text, first)]
+        return [{"instruction": self.normalize(c), **({"dropped": dropped[:500]} if dropped else {})}
+                for c, dropped in instructions.parse_chat_list(text)]
+
+    def why_no_tasks(self, text: str) -> tuple[str, str]:
+        """(reason, detail) of a non-empty response in which parse_tasks found no task."""
+        if self.chat:
+            return instructions.chat_parse_failure(text)
+        return "no_numbered_item", "no numbered instruction in the response"
 
     def broken_task(self, k: int, task: dict, num_tasks: int, finish_reason: str) -> Optional[tuple[str, str]]:
         """(rule, detail) when task k of a response is unusable as a whole task (before the
@@ -68,6 +91,10 @@ class SelfInstructStyle:
     def parse_instances(self, text: str, output_first: bool) -> list[tuple[str, str]]:
         return instances.parse_instances(text, output_first, chat=self.chat)
 
+    def why_no_instances(self, text: str, output_first: bool) -> tuple[str, str]:
+        """(reason, detail) of a completion in which parse_instances found no instance."""
+        return instances.parse_failure(text, output_first)
+
 
 class AlpacaStyle(SelfInstructStyle):
     """The Stanford Alpaca variant: one request shows seed tasks with an instance and asks for
@@ -83,6 +110,9 @@ class AlpacaStyle(SelfInstructStyle):
     def parse_tasks(self, text: str, first: int) -> list[dict]:
         tasks = alpaca.parse_tasks(text, first, self.cfg.num_tasks_per_request)
         return [{**t, "instruction": self.normalize(t["instruction"])} for t in tasks]
+
+    def why_no_tasks(self, text: str) -> tuple[str, str]:
+        return "no_task", "no task with an Instruction field in the response"
 
     def broken_task(self, k: int, task: dict, num_tasks: int, finish_reason: str) -> Optional[tuple[str, str]]:
         # Alpaca drops the cut last task and tasks without an output
