@@ -148,7 +148,7 @@ def filter_one(text: str, finish: str = "stop", overrides=()):
     cfg = compose(["llm=fake", *overrides])
     prompt, first = build_prompt(EXAMPLES, chat=False, max_list_number=16)
     index = RougeIndex(EXAMPLES)
-    return filter_response(Completion(text, finish), first, "instructions/0", index, cfg, make_style(cfg.prompt, []), prompt)
+    return filter_response(Completion(text, finish), first, "instructions/0", index, cfg.filters, make_style(cfg.prompt, []), prompt)
 
 
 def test_filter_response_names_each_kind_of_bad_output():

@@ -122,7 +122,7 @@ def test_degenerate_falcon_outputs_are_rejected_with_reasons(tmp_path):
         text = r["metadata"][0]["generated_text"]
         prompt = text[: re.search(r"\n9\.", text).end()]
         index = RougeIndex(sorted(seed_texts))
-        kept, rejected = filter_response(Completion(text, "stop"), 9, "falcon", index, cfg, make_style(cfg.prompt, []), prompt)
+        kept, rejected = filter_response(Completion(text, "stop"), 9, "falcon", index, cfg.filters, make_style(cfg.prompt, []), prompt)
         by_candidate = {x["candidate"]: x["rule"] for x in rejected}
         assert by_candidate["Come up with a series of tasks:"] == "echo"
         echoed = [c for c in by_candidate if c in seed_texts]
@@ -131,7 +131,7 @@ def test_degenerate_falcon_outputs_are_rejected_with_reasons(tmp_path):
         assert all(k["instruction"] in continuation for k in kept)  # only the model's own text
         # The pipeline reports no finish reason; these texts stop mid-item ("Given a sentence,
         # tell me"), i.e. at its new-token limit, and such responses are discarded whole.
-        kept, rejected = filter_response(Completion(text, "length"), 9, "falcon", index, cfg, make_style(cfg.prompt, []), prompt)
+        kept, rejected = filter_response(Completion(text, "length"), 9, "falcon", index, cfg.filters, make_style(cfg.prompt, []), prompt)
         assert kept == [] and {x["rule"] for x in rejected} == {"truncated_response"}
         for parse in (lambda t: parse_instruction_list(t, 9), lambda t: alpaca.parse_tasks(t, 9, 20)):
             parse(text)

@@ -23,6 +23,7 @@ import logging
 import random
 from collections import Counter
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from selfinstruct.errors import RunError
@@ -58,6 +59,7 @@ def run_instructions(ctx) -> None:
     known = list(state.get("pool_sizes", []))
     base = start - len(known)
     index = RougeIndex([t.instruction for t in ctx.seeds] + machine)
+    filters = OmegaConf.to_object(cfg.filters)  # a plain object: read for every candidate
     accepted_buffer, rejected_buffer, failed = [], [], []
     prompts: dict[str, tuple[str, int]] = {}  # request id -> (prompt, first item number)
     rules: Counter = Counter()  # rejections of this invocation, for the message when nothing passes
@@ -81,7 +83,7 @@ def run_instructions(ctx) -> None:
     def apply(request: Request, completion) -> None:
         prompt, first = prompts.pop(request.id)
         if len(machine) < target:  # responses in flight when the target was reached are not needed
-            kept, rejected = filter_response(completion, first, request.id, index, cfg, style, prompt)
+            kept, rejected = filter_response(completion, first, request.id, index, filters, style, prompt)
             if not completion.ok:
                 failed.append(request.id)
             for record in kept[: target - len(machine)]:
@@ -121,9 +123,9 @@ def run_instructions(ctx) -> None:
                     "(rejections: %s; see %s)", len(machine), target, fruitless, summary, run.rejected)
 
 
-def filter_response(completion, first: int, request_id: str, index: RougeIndex, cfg, style, prompt: str = ""):
-    """Accepted records (without id) and rejected records of one response, in response order."""
-    f = cfg.filters
+def filter_response(completion, first: int, request_id: str, index: RougeIndex, f, style, prompt: str = ""):
+    """Accepted records (without id) and rejected records of one response, in response order;
+    f: the `filters` config."""
     if not completion.ok:
         return [], [{"candidate": "", "rule": "request_error", "detail": completion.error,
                      "request_id": request_id}]

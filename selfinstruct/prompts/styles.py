@@ -13,6 +13,8 @@ import dataclasses
 import random
 from typing import Optional
 
+from omegaconf import OmegaConf
+
 from selfinstruct.datasets.seeds import SeedTask
 from selfinstruct.prompts import alpaca, classify, instances, instructions
 
@@ -26,7 +28,8 @@ class SelfInstructStyle:
     tasks_carry_instances = False  # do generated tasks come with their input and output?
 
     def __init__(self, prompt_cfg, seeds: list[SeedTask]):
-        self.cfg = prompt_cfg
+        # a plain object: the style reads it for every request and candidate
+        self.cfg = OmegaConf.to_object(prompt_cfg) if OmegaConf.is_config(prompt_cfg) else prompt_cfg
         self.chat = bool(prompt_cfg.chat)
         self.seeds = seeds
         self.seed_instructions = [t.instruction for t in seeds]
