@@ -20,6 +20,7 @@ from selfinstruct.datasets.seeds import SeedTask, seeds_from_config
 from selfinstruct.llm import LLM, Usage, make_llm
 from selfinstruct.prompts.styles import SelfInstructStyle, make_style
 from selfinstruct.rundir import RunDir
+from selfinstruct.summary import log_summary
 
 log = logging.getLogger(__name__)
 
@@ -131,4 +132,5 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 tracker.finish()
     finally:
         ctx.close()
+    log_summary(ctx, stats)
     return stats

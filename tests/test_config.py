@@ -27,9 +27,41 @@ def test_default_config_is_the_paper_setup():
 
 
 @pytest.mark.parametrize("option", ["llamacpp", "openai", "openai_compatible", "fake"])
-def test_every_llm_option_composes(option):
+def test_every_llm_option_is_typed_by_its_own_backend_schema(option):
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from selfinstruct.llm import backend_schema
+
     cfg = compose([f"llm={option}"])
+    schema = backend_schema(option)
+    assert OmegaConf.get_type(cfg.llm) is schema
+    assert set(cfg.llm) == {f.name for f in dataclasses.fields(schema)}
+    # the yaml's values are the backend's own defaults unless the yaml says why it differs
     assert cfg.llm.backend == option
+    # another backend's key is not this one's: a wrong key fails when Hydra composes
+    foreign = "latency_s" if option != "fake" else "model_path"
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose([f"llm={option}", f"llm.{foreign}=1"])
+
+
+@pytest.mark.parametrize("override", ["+filters.rouge_treshold=0.5", "+llm.bogus=1", "+evaluate.bogus=1",
+                                      "+sampling.instructions.temprature=0.5", "+bogus=1"])
+def test_a_key_added_with_plus_to_a_typed_config_fails_naming_it(override):
+    key = override.lstrip("+").split("=")[0]
+    cfg = compose([override])  # Hydra lets `+` add keys even to typed nodes ...
+    with pytest.raises(ConfigError, match=rf"`{key.replace('.', '[.]')}`: unknown key"):
+        validate(cfg)  # ... so validate refuses them
+
+
+def test_help_lists_the_real_options_and_no_test_only_keys():
+    result = run_cli(["--help"], timeout=60)
+    assert result.returncode == 0
+    assert "llm: fake, llamacpp, openai, openai_compatible" in result.stdout
+    assert "filters: alpaca, none, paper" in result.stdout or "filters: alpaca, default, none, paper" in result.stdout
+    assert "_schema" not in result.stdout
+    assert "latency_s" not in result.stdout and "fail_rate" not in result.stdout  # the fake's knobs
 
 
 def test_misspelt_key_fails_at_compose_time():
