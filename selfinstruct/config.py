@@ -27,18 +27,24 @@ from selfinstruct.stages import NAMES as STAGES
 __all__ = ["Config", "ConfigError", "validate", "to_plain"]
 
 
+CAPITALIZE = ("none", "first", "python")
+
+
 @dataclass
 class PromptConfig:
-    name: str = MISSING  # selfinstruct | selfinstruct_chat | alpaca
+    name: str = MISSING  # selfinstruct | selfinstruct_chat | original_format | alpaca
     chat: bool = False  # frame each prompt as a chat message (chat models)
     num_human: int = 6  # in-context instructions from the seed tasks
     num_machine: int = 2  # ... and from the machine-generated ones, once there are enough
     num_demos: int = 3  # alpaca: seed demonstrations per request
     num_tasks_per_request: int = 20  # alpaca: tasks asked for per request
     max_list_number: int = 16  # stop at this list item (paper: 16)
-    # Upper-case the first letter of generated instructions. The original code calls str.capitalize(),
-    # which also lower-cases the rest (mangling names and acronyms); this keeps the rest as written.
-    capitalize: bool = False
+    # Switches for the original code's behaviour; conf/prompt/*.yaml gives each one's original value.
+    capitalize: str = "none"  # none | first (upper-case the first letter) | python (str.capitalize())
+    normalize_examples: bool = True  # in-context instructions on one line, without a trailing ":"
+    classification_header: bool = True  # with seeds.classification_only: ask for classification tasks
+    all_labels: bool = False  # output-first requests may list every label (no "Example 6" stop)
+    keep_prompt: bool = False  # write each request's prompt into instructions/instances_raw.jsonl
 
     @staticmethod
     def check(p) -> None:
@@ -49,6 +55,9 @@ class PromptConfig:
         check(p.num_machine >= 0, "prompt.num_machine", f"must be >= 0, got {p.num_machine}")
         check(p.max_list_number > p.num_human + p.num_machine, "prompt.max_list_number",
               "must be larger than prompt.num_human + prompt.num_machine")
+        check(p.capitalize in CAPITALIZE, "prompt.capitalize",
+              f"must be one of {', '.join(CAPITALIZE)}, got {p.capitalize!r} (it was a boolean: "
+              "false is now none, true is now first)")
         check(p.num_demos >= 1, "prompt.num_demos", f"must be >= 1, got {p.num_demos}")
         check(p.num_tasks_per_request > p.num_demos + 1, "prompt.num_tasks_per_request",
               f"must be larger than prompt.num_demos + 1, got {p.num_tasks_per_request}")
@@ -62,11 +71,16 @@ class SamplingConfig:
     instances: Sampling = field(default_factory=Sampling)
     judge: Sampling = field(default_factory=Sampling)  # the data judge and the evaluate judge
     evaluate: Sampling = field(default_factory=lambda: Sampling(max_tokens=128))  # answering eval tasks
+    # max_tokens of the instance requests of classification tasks (null: sampling.instances.max_tokens)
+    instances_classification_max_tokens: Optional[int] = None
 
     @staticmethod
     def check(s) -> None:
         for stage in ("instructions", "classify", "instances", "judge", "evaluate"):
             Sampling.check(s[stage], f"sampling.{stage}")
+        n = s.instances_classification_max_tokens
+        check(n is None or n >= 1, "sampling.instances_classification_max_tokens",
+              f"must be >= 1 or null, got {n}")
 
 
 @dataclass
@@ -81,7 +95,8 @@ class FiltersConfig:
     reject_punctuation_start: bool = True
     reject_non_ascii_start: bool = True
     discard_truncated_response: bool = True  # drop a whole instruction response cut by max_tokens
-    reject_degenerate: bool = True  # empty, echoed, non-English or looping output (not in the paper)
+    # empty, echoed, non-English or looping output: on in filters=default, off in filters=paper
+    reject_degenerate: bool = True
     # instance filters (DESIGN.md step 6)
     max_instances_per_task: int = 5
     drop_truncated_last_instance: bool = True
@@ -140,6 +155,15 @@ class PrepareConfig:
     include_seeds: bool = False  # add the seed tasks to finetune.jsonl / alpaca.json
     random_templates: bool = True  # the paper's randomly varied prompt formats (false: one fixed format)
     end_token: str = "<|endoftext|>"  # appended to each completion (GPT-3's end of text; "" for none)
+    # Fine-tune on N instructions only (the paper's data-size curve): the first N of one fixed random
+    # order, so smaller sizes are subsets of larger ones. Ours: null (all); the original:
+    # prepare_for_finetuning --num_instructions N (a fresh sample per N).
+    num_instructions: Optional[int] = None
+
+    @staticmethod
+    def check(p) -> None:
+        n = p.num_instructions
+        check(n is None or n >= 1, "prepare.num_instructions", f"must be >= 1 or null, got {n}")
 
 
 @dataclass
@@ -148,9 +172,14 @@ class AnalyzeConfig:
     judge_sample: int = 200
     num_examples: int = 50  # rows in the W&B table of samples
     plots: bool = True
+    # Which verb of the first sentence (analysis/diversity.py): ours (the default), the closest to the
+    # root, breadth-first; original, the original notebook's rule (the root, else its first child's).
+    verb_noun: str = "ours"
 
     @staticmethod
     def check(a) -> None:
+        check(a.verb_noun in ("ours", "original"), "analyze.verb_noun",
+              f"must be ours or original, got {a.verb_noun!r}")
         check(a.judge_sample >= 1, "analyze.judge_sample", f"must be >= 1, got {a.judge_sample}")
         check(a.num_examples >= 0, "analyze.num_examples", f"must be >= 0, got {a.num_examples}")
 

@@ -138,7 +138,9 @@ def compare_with_seeds(run: dict) -> tuple[pd.DataFrame, dict]:
     """The run's diversity beside its seed set's (analysed the same way); and the seed analysis."""
     from selfinstruct.analysis.analyze import analyze_dataset
 
-    seeds = analyze_dataset(seed_dataset(run), seed_texts=[])
+    config = run["config"]
+    rule = config.analyze.get("verb_noun", "ours") if config is not None else "ours"  # as the run's
+    seeds = analyze_dataset(seed_dataset(run), seed_texts=[], verb_noun=rule)
     keys = ["data/num_instructions", "data/avg_instruction_words", "diversity/verb_noun_share",
             "diversity/unique_verbs", "diversity/unique_verb_noun_pairs", "diversity/top20x4_coverage",
             "diversity/verb_entropy", "diversity/distinct_1", "diversity/distinct_2"]

@@ -55,7 +55,8 @@ class RunContext:
     def open(cls, cfg: DictConfig, run_dir: str | Path, seeds: Optional[list[SeedTask]] = None) -> "RunContext":
         """A context on a run dir (locked until close): for the pipeline, benchmarks and tests."""
         seeds = seeds_from_config(cfg.seeds) if seeds is None else seeds
-        return cls(cfg=cfg, run=RunDir(run_dir).open(), seeds=seeds, style=make_style(cfg.prompt, seeds))
+        style = make_style(cfg.prompt, seeds, classification_only=cfg.seeds.classification_only)
+        return cls(cfg=cfg, run=RunDir(run_dir).open(), seeds=seeds, style=style)
 
     def __post_init__(self) -> None:
         if self.tracker is None:

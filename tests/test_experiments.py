@@ -51,7 +51,7 @@ def sweep_overrides(name: str) -> list[Override]:
 
 def test_the_presets_of_the_issue_exist_and_the_readme_gives_each_command():
     assert set(PRESETS) >= {"rouge_threshold", "machine_examples", "sampling_grid", "sampling_optuna",
-                            "seed_set_size", "prompt_template", "classification_seeds"}
+                            "seed_set_size", "prompt_template", "classification_seeds", "data_size"}
     readme = (EXPERIMENTS / "README.md").read_text()
     for name in PRESETS:
         assert f"python run.py -m +experiment={name}" in readme, name
@@ -95,11 +95,29 @@ def test_the_sweeps_have_the_values_the_issue_asks_for():
     assert machine == [0, 2, 4]
 
 
+def test_data_size_preset_sweeps_the_finetuning_size_and_runs_on_an_existing_dataset(tmp_path):
+    """+experiment=data_size: prepare.num_instructions swept, each job through prepare, finetune
+    and evaluate; on an existing run's data.jsonl with stages=[prepare,finetune,evaluate] input=."""
+    (override,) = sweep_overrides("data_size")
+    assert override.input_line.startswith("prepare.num_instructions=")
+    assert list(override.sweep_iterator()) == [5, 10, 20]
+    cfg = compose_with_hydra(["+experiment=data_size"])
+    assert cfg.stages[-3:] == ["prepare", "finetune", "evaluate"] and cfg.stages[0] == "instructions"
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"instruction": "Name a colour.", "input": "", "output": "Red."}) + "\n")
+    cfg = compose_with_hydra(["+experiment=data_size", "stages=[prepare,finetune,evaluate]", f"input={data}",
+                              "prepare.num_instructions=10"])
+    assert cfg.stages == ["prepare", "finetune", "evaluate"] and cfg.prepare.num_instructions == 10
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
+
+
 def test_prompt_template_points_switch_prompt_sampling_and_filters_together():
     cfg = compose_with_hydra(["+experiment=prompt_template", "prompt=alpaca"])
     assert (cfg.prompt.name, cfg.sampling.name, cfg.filters.name) == ("alpaca", "alpaca", "alpaca")
     cfg = compose_with_hydra(["+experiment=prompt_template", "prompt=selfinstruct"])
-    assert (cfg.prompt.name, cfg.sampling.name, cfg.filters.name) == ("selfinstruct", "paper", "paper")
+    assert (cfg.prompt.name, cfg.sampling.name, cfg.filters.name) == ("selfinstruct", "paper", "default")
 
 
 def test_optuna_preset_uses_the_optuna_sweeper_on_a_returned_metric():
@@ -124,6 +142,9 @@ def test_one_point_of_each_preset_runs_on_the_fake_model(name, tmp_path, fake_ov
             assert OmegaConf.select(cfg, group) == pytest.approx(override.value())
     with open_dict(cfg):
         del cfg["hydra"]
+        # the fake model cannot be fine-tuned: a preset that fine-tunes runs its generation part
+        # here (the finetune and evaluate stages have their own tests)
+        cfg.stages = [s for s in cfg.stages if s not in ("finetune", "evaluate")]
     stats = run(cfg, tmp_path / "run")
     assert stats["generation/num_accepted"] == 4
     assert json.loads((tmp_path / "run" / "stats.json").read_text()) == pytest.approx(stats)

@@ -98,7 +98,7 @@ def test_chat_replies_are_unwrapped():
 # --- instance filters -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def paper_filters():
+def default_filters():
     return compose([]).filters
 
 
@@ -113,38 +113,38 @@ def _filter(pairs, f, truncated=False, seed=0):
     (("x", "Here it is:"), "ends_with_colon"),
     (("x", "go go go go go go"), "repetitive"),
 ])
-def test_each_instance_rule(paper_filters, pair, rule):
+def test_each_instance_rule(default_filters, pair, rule):
     good = ("an input", "an output")
-    kept, losses = _filter([good, pair], paper_filters)
+    kept, losses = _filter([good, pair], default_filters)
     assert kept == [good] and losses == Counter({rule: 1})
 
 
-def test_truncated_completion_loses_its_last_instance(paper_filters):
+def test_truncated_completion_loses_its_last_instance(default_filters):
     pairs = [("a", "1"), ("b", "2"), ("c", "3 and th")]
-    assert _filter(pairs, paper_filters, truncated=True) == ([("a", "1"), ("b", "2")],
+    assert _filter(pairs, default_filters, truncated=True) == ([("a", "1"), ("b", "2")],
                                                             Counter({"truncated_last": 1}))
-    assert _filter(pairs, paper_filters)[0] == pairs
+    assert _filter(pairs, default_filters)[0] == pairs
 
 
-def test_conflicting_outputs_drop_the_whole_task_but_empty_inputs_are_exempt(paper_filters):
-    kept, losses = _filter([("2+2", "4"), ("3+3", "6"), ("2+2", "5")], paper_filters)
+def test_conflicting_outputs_drop_the_whole_task_but_empty_inputs_are_exempt(default_filters):
+    kept, losses = _filter([("2+2", "4"), ("3+3", "6"), ("2+2", "5")], default_filters)
     assert kept == [] and losses == Counter({"conflicting_outputs": 3})
     names = [("", "Bella"), ("", "Max"), ("", "Luna")]  # "Suggest a dog name": many outputs, no input
-    assert _filter(names, paper_filters)[0] == names
+    assert _filter(names, default_filters)[0] == names
 
 
-def test_duplicates_are_kept_once_in_order(paper_filters):
-    kept, losses = _filter([("a", "1"), ("b", "2"), ("a", "1")], paper_filters)
+def test_duplicates_are_kept_once_in_order(default_filters):
+    kept, losses = _filter([("a", "1"), ("b", "2"), ("a", "1")], default_filters)
     assert kept == [("a", "1"), ("b", "2")] and losses == Counter({"duplicate": 1})
 
 
-def test_cap_keeps_a_seeded_random_subset_in_order(paper_filters):
+def test_cap_keeps_a_seeded_random_subset_in_order(default_filters):
     pairs = [(f"in {k}", f"out {k}") for k in range(9)]
-    kept, losses = _filter(pairs, paper_filters, seed=1)
+    kept, losses = _filter(pairs, default_filters, seed=1)
     assert len(kept) == 5 and losses == Counter({"over_cap": 4})
     assert kept == sorted(kept, key=pairs.index)  # completion order is kept
-    assert _filter(pairs, paper_filters, seed=1)[0] == kept
-    assert any(_filter(pairs, paper_filters, seed=s)[0] != kept for s in range(2, 6))
+    assert _filter(pairs, default_filters, seed=1)[0] == kept
+    assert any(_filter(pairs, default_filters, seed=s)[0] != kept for s in range(2, 6))
 
 
 def test_filters_none_keeps_everything_but_the_cap():
@@ -227,7 +227,7 @@ def test_prompt_alpaca_selects_alpaca_sampling_and_filters_unless_overridden():
     assert cfg.sampling.instructions.temperature == 1.0 and "Task 21" in cfg.sampling.instructions.stop
     cfg = compose(["prompt=alpaca", "sampling=paper", "filters=none"])
     assert (cfg.sampling.name, cfg.filters.name) == ("paper", "none")
-    assert (compose([]).sampling.name, compose([]).filters.name) == ("paper", "paper")
+    assert (compose([]).sampling.name, compose([]).filters.name) == ("paper", "default")
     assert OmegaConf.to_container(compose(["prompt=selfinstruct_chat"]).prompt)["chat"] is True
 
 

@@ -16,7 +16,8 @@ from tests.conftest import compose, shared_path
 
 STAGES = "stages=[instructions,classify,instances,prepare]"
 FIELDS = {
-    "instructions.jsonl": {"id", "instruction", "max_rouge", "most_similar", "request_id"},
+    "instructions.jsonl": {"id", "instruction", "max_rouge", "most_similar", "request_id", "avg_similarity_score",
+                           "response", "finish_reason"},
     "rejected.jsonl": {"candidate", "rule", "detail"},
     "classification.jsonl": {"id", "instruction", "is_classification", "raw"},
     "instances_raw.jsonl": {"id", "instruction", "is_classification", "raw", "finish_reason"},

@@ -28,9 +28,11 @@ from selfinstruct.errors import DataError, RunError
 log = logging.getLogger(__name__)
 
 
-def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dict[str, Any]:
+def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None,
+                    verb_noun: str = "ours") -> dict[str, Any]:
     """Everything the stage saves, computed from a normalised dataset (no model needed):
-    {"stats", "histograms", "verb_noun_top", "rows"}. parser: a diversity.VerbNounParser to reuse."""
+    {"stats", "histograms", "verb_noun_top", "rows"}. parser: a diversity.VerbNounParser to reuse;
+    else one with the verb_noun rule (analyze.verb_noun)."""
     from selfinstruct.analysis.diversity import VerbNounParser, distinct_n, rouge_to_seeds, top_verb_nouns, verb_noun_stats
 
     records = dataset.records
@@ -45,7 +47,7 @@ def analyze_dataset(dataset: Dataset, seed_texts: list[str], parser=None) -> dic
         if "most_similar" in r:  # the generator's nearest pool neighbours: the 3 closest suffice
             row["most_similar"] = dict(sorted(r["most_similar"].items(), key=lambda kv: -kv[1])[:3])
 
-    parser = parser or VerbNounParser()
+    parser = parser or VerbNounParser(rule=verb_noun)
     started = time.perf_counter()
     pairs = parser.pairs(texts)
     seconds = time.perf_counter() - started
@@ -107,7 +109,7 @@ def run_analyze(ctx) -> None:
         return
     seed_texts = [t.instruction for t in ctx.seeds]
     source["num_seeds"] = len(seed_texts)
-    result = analyze_dataset(dataset, seed_texts)
+    result = analyze_dataset(dataset, seed_texts, verb_noun=cfg.analyze.verb_noun)
     if cfg.analyze.judge:
         from selfinstruct.analysis.judge import run_judge
 

@@ -279,6 +279,12 @@ class RougeIndex:
             lcs[start:start + len(chunk)] = self._cdist([s], chunk)[0]
         return _f_measure(lcs, len(s), n)
 
+    def mean_score(self, text: str, size: int) -> float:
+        """Mean ROUGE-L F of `text` against the first `size` pool entries: the original code's
+        avg_similarity_score (np.mean over the pool in pool order, so bit-identical to it). Scores
+        the whole prefix, which the pruned filter avoids: about 1 ms per 2,000 entries."""
+        return float(np.mean(self.scores(text)[:size])) if size else 0.0
+
     def _score_block(self, enc: list[str], k: int) -> _TopK:
         """Top-k (score, pool index) of each encoded candidate against the current pool."""
         top = _TopK(len(enc), k)

@@ -129,8 +129,10 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
     if not completion.ok:
         return [], [{"candidate": "", "rule": "request_error", "detail": completion.error,
                      "request_id": request_id}]
-    if not completion.text.strip():
-        return [], [{"candidate": "", "rule": "empty_response", "detail": "the model returned no text",
+    if not completion.text.strip():  # no candidate: a degenerate-output rule, else a parse failure
+        empty = {"rule": "empty_response"} if f.reject_degenerate else \
+            {"rule": "parse_failure", "reason": "empty"}
+        return [], [{"candidate": "", **empty, "detail": "the model returned no text",
                      "finish_reason": completion.finish_reason, "request_id": request_id}]
     tasks = style.parse_tasks(completion.text, first)
     candidates = [t["instruction"] for t in tasks]
@@ -158,12 +160,19 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
             passing.append(candidate)
             fields.append({key: value for key, value in task.items() if key != "instruction"})
     kept = []
+    pool_size = len(index)
     decisions = index.filter(passing, f.rouge_threshold, f.top_k_similar)
+    # What the original code keeps with each instruction: the mean ROUGE-L to the pool it entered,
+    # and the raw response (the prompt too with prompt.keep_prompt).
+    raw = {"response": completion.text, "finish_reason": completion.finish_reason,
+           **({"prompt": prompt} if style.cfg.keep_prompt else {})}
     for candidate, extra, decision in zip(passing, fields, decisions):
         accepted, record = novelty_record(candidate, decision, f.rouge_threshold)
-        record["request_id"] = request_id
         if accepted:
-            record.update(extra)  # alpaca: the task's input and output; chat: the dropped text
+            record["avg_similarity_score"] = index.mean_score(candidate, pool_size + len(kept))
+        record["request_id"] = request_id
+        if accepted:  # alpaca: the task's input and output; chat: the dropped text
+            record.update({**extra, **raw})
         elif "dropped" in extra:
             record["dropped"] = extra["dropped"]
         (kept if accepted else rejected).append(record)

@@ -5,21 +5,29 @@ filters, and write
     finetune.jsonl      prompt, completion: the paper's randomly varied prompt formats
     alpaca.json         a JSON list of instruction, input, output
 
-from the run's files alone, deterministically given cfg.seed, each file replaced atomically; the
-instance filter losses and parse failures go to stats.json. When the prompt style's tasks carry
-their instance (prompt=alpaca) there is no classify or instances stage, and is_classification is
-null: nothing asked.
+from the run's files alone (or from a dataset file given as input=PATH), deterministically given
+cfg.seed, each file replaced atomically; the instance filter losses and parse failures go to
+stats.json. prepare.num_instructions fine-tunes on a subsample of the instructions (the paper's
+data-size curve); data.jsonl keeps them all. When the prompt style's tasks carry their instance
+(prompt=alpaca) there is no classify or instances stage, and is_classification is null: nothing
+asked.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter
+from typing import Optional
 
 from tqdm import tqdm
 
+from selfinstruct.datasets.formats import load_dataset
+from selfinstruct.errors import DataError, RunError
 from selfinstruct.filtering.instance_rules import RULES, filter_instances
+
+log = logging.getLogger(__name__)
 
 # The finetuning prompt formats, facts of the paper's finetuning data: an optional "Task: " prefix,
 # the input with or without an "Input: " label, one or two line breaks between the parts, and the
@@ -46,14 +54,26 @@ WITHOUT_INPUT = [
 _FIELD_NAME = re.compile(r"(\w+):")
 
 
+def plain_input(text: str) -> str:
+    """An input without the field name of a single-field input ("Sentence: It rained." -> "It
+    rained.") and with blank lines turned into single line breaks."""
+    if len(set(_FIELD_NAME.findall(text))) == 1:
+        text = text.split(":", 1)[1].strip()
+    return text.replace("\n\n", "\n")
+
+
 def vary_input(text: str, rng: random.Random) -> str:
-    """Half the time, as in the paper's data: drop the field name of a single-field input
-    ("Sentence: It rained." -> "It rained.") and turn blank lines into single line breaks."""
-    if rng.random() < 0.5:
-        if len(set(_FIELD_NAME.findall(text))) == 1:
-            text = text.split(":", 1)[1].strip()
-        text = text.replace("\n\n", "\n")
-    return text
+    """Half the time the plain input, as in the paper's data."""
+    return plain_input(text) if rng.random() < 0.5 else text
+
+
+def render(template: tuple, instruction: str, inp: str = "") -> str:
+    """The prompt of one format, a WITH_INPUT or a WITHOUT_INPUT entry."""
+    if len(template) == 5:
+        prefix, after, label, before, marker = template
+        return f"{prefix}{instruction}{after}{label}{inp}{before}{marker}"
+    prefix, before, marker = template
+    return f"{prefix}{instruction}{before}{marker}"
 
 
 def encode(instruction: str, inp: str, out: str, rng: random.Random, *, random_templates: bool,
@@ -62,12 +82,11 @@ def encode(instruction: str, inp: str, out: str, rng: random.Random, *, random_t
     if inp.strip():
         if random_templates:
             inp = vary_input(inp, rng)
-        prefix, after, label, before, marker = rng.choice(WITH_INPUT) if random_templates else WITH_INPUT[0]
-        prompt = f"{prefix}{instruction}{after}{label}{inp}{before}{marker}"
+        template = rng.choice(WITH_INPUT) if random_templates else WITH_INPUT[0]
     else:
-        prefix, before, marker = rng.choice(WITHOUT_INPUT) if random_templates else WITHOUT_INPUT[1]
-        prompt = f"{prefix}{instruction}{before}{marker}"
-    return {"prompt": prompt, "completion": (" " if marker else "") + out + end_token}
+        template = rng.choice(WITHOUT_INPUT) if random_templates else WITHOUT_INPUT[1]
+    space = " " if template[-1] else ""  # after an "Output:" marker the completion starts with a space
+    return {"prompt": render(template, instruction, inp), "completion": space + out + end_token}
 
 
 def build_data(ctx) -> tuple[list[dict], dict]:
@@ -115,10 +134,47 @@ def build_data(ctx) -> tuple[list[dict], dict]:
     return data, stats
 
 
+def data_from_input(ctx) -> tuple[list[dict], dict]:
+    """data.jsonl records from a dataset file (input=PATH: any format stages=[analyze] reads that
+    has outputs), taken as they are: fine-tuning data, or a data-size curve, from data generated
+    elsewhere (another run's data.jsonl, the original all_generated_instances.jsonl, Alpaca JSON)."""
+    run, path = ctx.run, ctx.cfg.input
+    if run.instructions.exists():
+        raise RunError(f"{run.root} holds a generation run; preparing input={path} there would replace "
+                       "its dataset: leave hydra.run.dir unset (a new run dir), or drop input=")
+    dataset = load_dataset(path)
+    if not dataset.has_instances:
+        raise DataError(f"{path}: holds instructions only ({dataset.format} format); prepare needs instances")
+    ids: dict[str, str] = {}
+    data = [{"id": ids.setdefault(r["instruction"], f"input_{len(ids)}"), "instruction": r["instruction"],
+             "input": r["input"] or "", "output": r["output"], "is_classification": r["is_classification"]}
+            for r in dataset.records if r["output"] is not None]
+    return data, {}
+
+
+def subsample(data: list[dict], n: Optional[int], seed: int) -> list[dict]:
+    """The records of n instructions (prepare.num_instructions; all for None): the n first in one
+    fixed random order, in which each instruction's place follows from the seed and its text, so a
+    smaller n keeps a subset of a larger n's instructions, and more data never reshuffles them.
+    (The original's prepare_for_finetuning --num_instructions draws a fresh sample per n.)"""
+    texts = list(dict.fromkeys(r["instruction"] for r in data))
+    if n is None or n >= len(texts):
+        if n is not None:
+            log.warning("prepare: num_instructions=%d, but the data has %d instructions: using all",
+                        n, len(texts))
+        return data
+    keep = set(sorted(texts, key=lambda text: random.Random(f"{seed}/{text}").random())[:n])
+    return [r for r in data if r["instruction"] in keep]
+
+
 def run_prepare(ctx) -> None:
     cfg, run = ctx.cfg, ctx.run
-    data, stats = build_data(ctx)
-    examples = [(r["instruction"], r["input"], r["output"]) for r in data]
+    data, stats = build_data(ctx) if cfg.input is None else data_from_input(ctx)
+    # data.jsonl keeps every instruction; the fine-tuning files hold the subsample
+    chosen = subsample(data, cfg.prepare.num_instructions, cfg.seed)
+    if cfg.prepare.num_instructions is not None:
+        stats["data/num_finetune_instructions"] = len({r["instruction"] for r in chosen})
+    examples = [(r["instruction"], r["input"], r["output"]) for r in chosen]
     if cfg.prepare.include_seeds:
         examples += [(t.instruction, i.input, i.output) for t in ctx.seeds for i in t.instances]
     rng = random.Random(cfg.seed)

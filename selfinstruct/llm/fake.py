@@ -165,7 +165,7 @@ class FakeLLM(LLM):
         """Up to five instances in prompts/instances.py's format (output-first when the prompt's
         demonstrations are). Half the tasks get one of the five flaws the instance filters exist
         for, one in 16 no instance at all."""
-        output_first = "\nLabel: " in prompt
+        output_first = "\nLabel: " in prompt or "\nClass label: " in prompt
         number = rng.randrange(160)
         topic = rng.choice(TOPICS)
         if number % 16 == 15:

@@ -29,7 +29,8 @@ from selfinstruct.llm.base import LLM, Completion, Request, Sampling
 log = logging.getLogger(__name__)
 
 
-def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int], Optional[Request]],
+def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sampling],
+                 source: Callable[[int], Optional[Request]],
                  apply: Callable[[Request, Completion], None], *, window: int,
                  commit: Callable[[], None], commit_every: int,
                  bar: Optional[tqdm] = None) -> int:
@@ -41,7 +42,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int],
     results since the last one, which the next run asks for again. When every request failed
     (after the backend's retries), RunError says so with the first error, after the commit: the
     run's state is kept for a rerun. A stage whose first `2 * window` (at least 8) requests all
-    failed stops there: the rest would fail alike (a wrong model name, a server that hangs)."""
+    failed stops there: the rest would fail alike (a wrong model name, a server that hangs).
+    params is one Sampling for all requests, or a function of the request."""
     outstanding: deque = deque()
     started = time.perf_counter()
     applied = since_commit = failed = 0
@@ -54,7 +56,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling, source: Callable[[int],
                 if request is None:
                     exhausted = True
                 else:
-                    outstanding.append(llm.submit(request, params, stage=stage))
+                    sampling = params(request) if callable(params) else params
+                    outstanding.append(llm.submit(request, sampling, stage=stage))
             if not outstanding:
                 break
             ticket = outstanding.popleft()
@@ -100,7 +103,8 @@ def answer_all(llm: LLM, stage: str, params: Sampling, requests: list[Request], 
     return out
 
 
-def run_items(llm: LLM, stage: str, params: Sampling, todo: list, make_request: Callable[[Any], Request],
+def run_items(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sampling], todo: list,
+              make_request: Callable[[Any], Request],
               make_record: Callable[[Any, Completion], dict], *, path, checkpoint, window: int,
               total: Optional[int] = None, desc: Optional[str] = None) -> None:
     """One request per item of todo, each answered record appended to path and committed batch by

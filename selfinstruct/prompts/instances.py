@@ -84,12 +84,14 @@ def load_demos(path: str | Path) -> tuple[tuple[str, tuple[tuple[str, str], ...]
     return tuple(demos)
 
 
-def render_task(instruction: str, instances, output_first: bool) -> str:
+def render_task(instruction: str, instances, output_first: bool, label: str = "Label") -> str:
+    """One task with its examples; label: the output-first field name ("Class label" in the
+    original code's format, prompt=original_format)."""
     lines = [f"Task: {instruction}"]
     for number, (inp, out) in enumerate(instances, 1):
         lines.append(f"Example {number}")
         if output_first:
-            lines.append(f"Label: {out}")
+            lines.append(f"{label}: {out}")
             if inp:
                 lines.append(f"Input: {inp}")
         else:
@@ -100,9 +102,9 @@ def render_task(instruction: str, instances, output_first: bool) -> str:
 
 
 def build_prompt(instruction: str, *, output_first: bool, chat: bool, max_instances: int = 5,
-                 demos=None) -> str:
+                 demos=None, label: str = "Label") -> str:
     demos = load_demos(DEMOS[output_first]) if demos is None else demos
-    shown = "\n\n".join(render_task(text, instances, output_first) for text, instances in demos)
+    shown = "\n\n".join(render_task(text, instances, output_first, label) for text, instances in demos)
     header = HEADERS[output_first].format(max_instances=max_instances)
     if chat:
         return CHAT_TEMPLATE.format(header=header, demos=shown, max_instances=max_instances,

@@ -11,6 +11,14 @@ COMPLETION_HEADER = (
     "Below is a numbered list of tasks that people have asked an AI assistant to do. Every task is a "
     "single self-contained instruction, and the tasks differ from one another in topic and in kind.\n\n"
 )
+# With only classification seeds shown (seeds.classification_only), the original code also asks for
+# classification tasks, and for their labels to be named; this is our wording of that.
+CLASSIFICATION_HEADER = (
+    "Below is a numbered list of classification tasks that people have asked an AI assistant to do. "
+    "Every task is a single self-contained instruction whose answer is one of a few labels, and it "
+    "names the possible labels where it can. The tasks differ from one another in topic and in "
+    "kind.\n\n"
+)
 # A chat model reads the examples as a request to restate (or answer) them unless told otherwise,
 # so the chat wording says what the examples are for, numbers the new tasks after them, and asks
 # for bare tasks: no repeats, no rephrasings, no answers under the items.
@@ -20,8 +28,12 @@ CHAT_TEMPLATE = (
     "instruction or question.\n\n{items}\n\nWrite new tasks of your own, different from the "
     "examples and from each other in topic and in kind. Do not repeat, rephrase or answer the "
     "examples. Write only the tasks, one per line, with no answers, solutions, sample inputs or "
-    "explanations under them, numbered from {first} to {last} so that they continue the list. "
-    "Reply with the numbered list only."
+    "explanations under them, numbered from {first} to {last} so that they continue the list."
+    "{classification} Reply with the numbered list only."
+)
+CHAT_CLASSIFICATION = (
+    " Every new task must be a classification task: its answer is one of a few labels, and it names "
+    "the possible labels where it can."
 )
 
 
@@ -40,14 +52,24 @@ def sample_in_context(rng: random.Random, seed_instructions: list[str], machine_
     return chosen
 
 
-def build_prompt(examples: list[str], *, chat: bool, max_list_number: int) -> tuple[str, int]:
-    """The prompt and the number of the first item the model is to write."""
+def one_line(text: str) -> str:
+    """An in-context instruction as one list item: whitespace runs collapsed and a trailing ":"
+    removed, as the original code does. Verbatim, a seed such as "Question: ...\nAnswer:" puts a
+    line into the list that is no item, and its colon invites an answer instead of the next task."""
+    return re.sub(r"\s+", " ", text).strip().rstrip(":").rstrip()
+
+
+def build_prompt(examples: list[str], *, chat: bool, max_list_number: int,
+                 classification: bool = False) -> tuple[str, int]:
+    """The prompt and the number of the first item the model is to write; classification: ask
+    for classification tasks."""
     items = "\n".join(f"{i}. {text}" for i, text in enumerate(examples, 1))
     first = len(examples) + 1
     if chat:
-        return CHAT_TEMPLATE.format(count=len(examples), items=items, first=first,
-                                    last=max_list_number - 1), first
-    return f"{COMPLETION_HEADER}{items}\n{first}.", first
+        return CHAT_TEMPLATE.format(count=len(examples), items=items, first=first, last=max_list_number - 1,
+                                    classification=CHAT_CLASSIFICATION if classification else ""), first
+    header = CLASSIFICATION_HEADER if classification else COMPLETION_HEADER
+    return f"{header}{items}\n{first}.", first
 
 
 ITEM_START = re.compile(r"(?:^|\n)[ \t]*(\d{1,3})[ \t]*[.)][ \t]*")

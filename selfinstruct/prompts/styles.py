@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from typing import Optional
 
 from omegaconf import OmegaConf
 
 from selfinstruct.datasets.seeds import SeedTask
 from selfinstruct.prompts import alpaca, classify, instances, instructions
+
+_EXAMPLE_STOP = re.compile(r"^\s*Example \d+\s*$")  # the stop that caps a completion's examples
 
 
 class SelfInstructStyle:
@@ -27,12 +30,14 @@ class SelfInstructStyle:
     skips: frozenset[str] = frozenset()  # stages this style makes unnecessary
     tasks_carry_instances = False  # do generated tasks come with their input and output?
 
-    def __init__(self, prompt_cfg, seeds: list[SeedTask]):
+    def __init__(self, prompt_cfg, seeds: list[SeedTask], *, classification_only: bool = False):
         # a plain object: the style reads it for every request and candidate
         self.cfg = OmegaConf.to_object(prompt_cfg) if OmegaConf.is_config(prompt_cfg) else prompt_cfg
         self.chat = bool(prompt_cfg.chat)
         self.seeds = seeds
         self.seed_instructions = [t.instruction for t in seeds]
+        # classification seeds only (seeds.classification_only): ask for classification tasks
+        self.classification = classification_only and bool(prompt_cfg.classification_header)
 
     # --- instruction generation ---------------------------------------------------------------
 
@@ -42,17 +47,25 @@ class SelfInstructStyle:
         p = self.cfg
         examples = instructions.sample_in_context(rng, self.seed_instructions, machine, p.num_human,
                                                   p.num_machine, available)
-        return instructions.build_prompt(examples, chat=self.chat, max_list_number=p.max_list_number)
+        if p.normalize_examples:
+            examples = [instructions.one_line(e) for e in examples]
+        return instructions.build_prompt(examples, chat=self.chat, max_list_number=p.max_list_number,
+                                         classification=self.classification)
 
-    def sampling(self, stage: str, params):
+    def sampling(self, stage: str, params, *, output_first: bool = False):
         """The llm.Sampling of a stage's requests. Two of the paper's stops end a base model's
         continuation but cut a chat reply short: a chat reply lays its list out with blank lines
         (after a preamble, between items), and it may say the task again ("Task: ...") before its
-        examples. The chat parsers read both, and the other stops and max_tokens still end a reply."""
+        examples. The chat parsers read both, and the other stops and max_tokens still end a reply.
+        With prompt.all_labels an output-first request goes without the "Example N" stop, so it may
+        list every label (prepare then samples filters.max_instances_per_task of them)."""
         if self.chat and stage == "instructions":
             return dataclasses.replace(params, stop=[s for s in params.stop if s.strip()])
-        if self.chat and stage == "instances":
-            return dataclasses.replace(params, stop=[s for s in params.stop if s.strip() != "Task:"])
+        if stage == "instances":
+            stop = [s for s in params.stop if not (self.chat and s.strip() == "Task:")]
+            if output_first and self.cfg.all_labels:
+                stop = [s for s in stop if not _EXAMPLE_STOP.match(s)]
+            return dataclasses.replace(params, stop=stop) if stop != params.stop else params
         return params
 
     def parse_tasks(self, text: str, first: int) -> list[dict]:
@@ -76,8 +89,13 @@ class SelfInstructStyle:
         return None
 
     def normalize(self, text: str) -> str:
+        """A generated instruction as the filters see it; prompt.capitalize: none, first (upper-case
+        the first letter), python (str.capitalize(), which also lower-cases the rest: the original
+        code's, mangling names and acronyms)."""
         text = text.strip()
-        return text[:1].upper() + text[1:] if self.cfg.capitalize and text else text
+        if self.cfg.capitalize == "python":
+            return text.capitalize()
+        return text[:1].upper() + text[1:] if self.cfg.capitalize == "first" else text
 
     # --- classification and instances ---------------------------------------------------------
 
@@ -97,6 +115,17 @@ class SelfInstructStyle:
     def why_no_instances(self, text: str, output_first: bool) -> tuple[str, str]:
         """(reason, detail) of a completion in which parse_instances found no instance."""
         return instances.parse_failure(text, output_first)
+
+
+class OriginalFormatStyle(SelfInstructStyle):
+    """prompt=original_format: our completion prompts with the original code's field names, so a
+    run writes (and its parsers read, as ours always do) the format of the original's raw files:
+    output-first examples as "Class label: ..." lines, then the input; "Input:" / "Output:" for
+    input-first ones. The wording stays ours."""
+
+    def instances_prompt(self, instruction: str, output_first: bool, max_instances: int) -> str:
+        return instances.build_prompt(instruction, output_first=output_first, chat=self.chat,
+                                      max_instances=max_instances, label="Class label")
 
 
 class AlpacaStyle(SelfInstructStyle):
@@ -129,9 +158,10 @@ class AlpacaStyle(SelfInstructStyle):
 STYLES: dict[str, type[SelfInstructStyle]] = {
     "selfinstruct": SelfInstructStyle,
     "selfinstruct_chat": SelfInstructStyle,
+    "original_format": OriginalFormatStyle,
     "alpaca": AlpacaStyle,
 }
 
 
-def make_style(prompt_cfg, seeds: list[SeedTask]) -> SelfInstructStyle:
-    return STYLES[prompt_cfg.name](prompt_cfg, seeds)
+def make_style(prompt_cfg, seeds: list[SeedTask], *, classification_only: bool = False) -> SelfInstructStyle:
+    return STYLES[prompt_cfg.name](prompt_cfg, seeds, classification_only=classification_only)

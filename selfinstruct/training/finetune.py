@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def training_pairs(ctx) -> tuple[list[dict], Path]:
     """The prompt/completion pairs to train on, and the file they come from."""
     cfg, run = ctx.cfg, ctx.run
-    if cfg.input is None:
+    if cfg.input is None or "prepare" in cfg.stages:  # with prepare, input is prepare's input
         if not run.finetune_data.exists():
             raise DataError(f"{run.finetune_data}: not found; the finetune stage trains on the prepare "
                             "stage's output (add `prepare` to stages), or on a dataset given as input=PATH")
