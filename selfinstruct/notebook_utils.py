@@ -3,6 +3,9 @@
 Both notebooks find the run to analyse in the environment variable SELFINSTRUCT_RUN, else take the
 newest run under outputs/ (verb_noun_diversity) or the newest sweep under multirun/ (compare_runs),
 looked up in the current directory and its parent (the repository root, for notebooks/).
+open_run() and open_sweep() print what they found, or one line saying what is missing and how to
+get it, and return None: the notebooks' cells then do nothing (no traceback). Figures are
+matplotlib, so they are PNGs in the saved notebook and in an HTML export.
 """
 
 from __future__ import annotations
@@ -29,11 +32,25 @@ def _roots() -> list[Path]:
     return [Path.cwd(), Path.cwd().parent]
 
 
+def _resolve(text: str) -> Path:
+    """SELFINSTRUCT_RUN as given; a relative path may be relative to the repository root (the
+    kernel runs in notebooks/)."""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = next((root / path for root in _roots() if (root / path).is_dir()), path)
+    return path
+
+
+def is_sweep(path: Path) -> bool:
+    """A multirun dir: numbered job dirs (0/, 1/, ...) with stats.json."""
+    return path.is_dir() and any(p.name.isdigit() and (p / "stats.json").exists() for p in path.iterdir())
+
+
 def find_run(kind: str = "run") -> Path:
     """SELFINSTRUCT_RUN, else the newest run (kind="run": a dir with stats.json under outputs/) or
     sweep (kind="sweep": a dir under multirun/ whose numbered jobs have stats.json)."""
     if os.environ.get("SELFINSTRUCT_RUN"):
-        path = Path(os.environ["SELFINSTRUCT_RUN"]).expanduser()
+        path = _resolve(os.environ["SELFINSTRUCT_RUN"])
         if not path.is_dir():
             raise FileNotFoundError(f"SELFINSTRUCT_RUN={path} is not a directory")
         return path
@@ -46,9 +63,53 @@ def find_run(kind: str = "run") -> Path:
             found += [p.parent.parent for p in (root / base).glob("*/*/*/stats.json")
                       if p.parent.name.isdigit()]
     if not found:
-        raise FileNotFoundError(f"no {kind} found under {base}/ of {[str(r) for r in _roots()]}; "
-                                "set SELFINSTRUCT_RUN to a run directory")
+        where = " or ".join(str(r / base) for r in _roots())
+        how = ("run `python run.py` first, or set SELFINSTRUCT_RUN=outputs/DATE/TIME" if kind == "run"
+               else "run a sweep with `python run.py -m ...`, or set SELFINSTRUCT_RUN=multirun/DATE/TIME")
+        raise FileNotFoundError(f"no {kind} found in {where}: {how}")
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def open_run() -> Optional[dict[str, Any]]:
+    """The run to analyse (load_run), after printing its dir and where its data came from; or
+    None after one line saying what the run lacks and the command that makes it."""
+    try:
+        run_dir = find_run("run")
+    except FileNotFoundError as e:
+        print(f"Nothing to analyse: {e}")
+        return None
+    if not (run_dir / "stats.json").exists():
+        hint = (f"it is a sweep: set SELFINSTRUCT_RUN={run_dir / '0'} (one job), or open "
+                "compare_runs.ipynb" if is_sweep(run_dir) else "set SELFINSTRUCT_RUN=outputs/DATE/TIME")
+        print(f"{run_dir} is not a run directory (no stats.json): {hint}")
+        return None
+    try:
+        run = load_run(run_dir)
+    except FileNotFoundError as e:  # no analysis.json: the message names the command
+        print(e)
+        return None
+    print(f"run: {run_dir}")
+    print(about_data(run))
+    return run
+
+
+def about_data(run: dict) -> str:
+    """One line: which model generated the run's data (the run's .hydra/config.yaml), or the
+    external file it analysed; and whether the paper's numbers are comparable."""
+    source = run["analysis"]["source"]
+    if source.get("input"):
+        return (f"data: {source['input']} (an external dataset analysed with stages=[analyze]; the "
+                "model that generated it is not recorded here)")
+    llm = run["config"].llm if run["config"] is not None else None
+    if llm is None:
+        return "model: not recorded (no .hydra/config.yaml in the run dir)"
+    model = f"model: {llm.backend} {llm.get('model')}"
+    if llm.backend == "fake":
+        return f"{model} (the deterministic test double: its numbers mean nothing)"
+    if llm.backend == "llamacpp" and not llm.get("model_path"):
+        return (f"{model} (the embedded Gemma 3 270M base model: it exercises the pipeline; its "
+                "numbers are not comparable to the paper's GPT-3 davinci)")
+    return model
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -58,7 +119,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     analysis = load_analysis(run_dir)
     if analysis is None:
-        raise FileNotFoundError(f"{run_dir}: no current analysis.json; run "
+        raise FileNotFoundError(f"{run_dir} has no current analysis.json: run "
                                 f"`python run.py stages=[analyze] hydra.run.dir={run_dir}`")
     config = run_dir / ".hydra" / "config.yaml"
     return {
@@ -70,7 +131,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-TABLE1 = [  # (label, stats.json key, the paper's value)
+PAPER = "paper (GPT-3 davinci, 52K)"  # the column of the paper's numbers, named as such
+
+TABLE1 = [  # (label, stats.json key, the paper's value: GPT-3 davinci, 52,445 instructions)
     ("instructions", "data/num_instructions", 52445),
     ("classification instructions", "data/num_classification", 11584),
     ("non-classification instructions", "data/num_non_classification", 40861),
@@ -87,10 +150,37 @@ TABLE1 = [  # (label, stats.json key, the paper's value)
 ]
 
 
+def fmt(key: str, value: Any) -> str:
+    """A statistic as a reader wants it: counts as integers, word averages with one decimal,
+    shares as percentages, scores with three decimals; "-" when absent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    name = key.rsplit("/", 1)[-1]
+    if name.startswith(("num_", "unique_")):
+        return f"{int(value):,}"
+    if name.startswith("avg_"):
+        return f"{value:.1f}"
+    if name.endswith(("_share", "_coverage")):
+        return f"{value:.1%}"
+    return f"{value:.3f}"
+
+
 def table1(stats: dict, name: str = "this run") -> pd.DataFrame:
-    """The run's statistics beside the paper's Table 1 and Sec. 3.2 figures."""
-    return pd.DataFrame([{"statistic": label, name: stats.get(key), "paper": paper}
+    """The run's statistics beside the paper's Table 1 and Sec. 3.2 figures (column PAPER)."""
+    return pd.DataFrame([{"statistic": label, name: fmt(key, stats.get(key)), PAPER: fmt(key, paper)}
                          for label, key, paper in TABLE1]).set_index("statistic")
+
+
+def sunburst(top, title: str = ""):
+    """The paper's Figure 3 as a static matplotlib figure: display() shows it as a PNG. Not a
+    pyplot figure, so it shows once, where it is displayed."""
+    from matplotlib.figure import Figure
+
+    from selfinstruct.analysis.plots import draw_sunburst
+
+    fig = Figure(figsize=(8, 8))
+    draw_sunburst(fig.add_subplot(), top, title)
+    return fig
 
 
 def top_pairs_table(analysis: dict) -> pd.DataFrame:
@@ -144,8 +234,8 @@ def compare_with_seeds(run: dict) -> tuple[pd.DataFrame, dict]:
     keys = ["data/num_instructions", "data/avg_instruction_words", "diversity/verb_noun_share",
             "diversity/unique_verbs", "diversity/unique_verb_noun_pairs", "diversity/top20x4_coverage",
             "diversity/verb_entropy", "diversity/distinct_1", "diversity/distinct_2"]
-    table = pd.DataFrame({"run": [run["stats"].get(k) for k in keys],
-                          "seed tasks": [seeds["stats"].get(k) for k in keys]}, index=keys)
+    table = pd.DataFrame({"run": [fmt(k, run["stats"].get(k)) for k in keys],
+                          "seed tasks": [fmt(k, seeds["stats"].get(k)) for k in keys]}, index=keys)
     return table, seeds
 
 
@@ -179,6 +269,24 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         row.update(json.loads((job / "stats.json").read_text()))
         rows.append(row)
     return pd.DataFrame(rows).set_index("job")
+
+
+def open_sweep() -> Optional[dict[str, Any]]:
+    """{"dir", "jobs" (load_sweep)} of the sweep to compare, after printing it; or None after one
+    line saying what is needed (a multirun dir) and how to point the notebook at one."""
+    try:
+        sweep_dir = find_run("sweep")
+    except FileNotFoundError as e:
+        print(f"Nothing to compare: {e}")
+        return None
+    if not is_sweep(sweep_dir):
+        what = "a single run" if (sweep_dir / "stats.json").exists() else "not a multirun dir"
+        print(f"compare_runs needs a multirun dir (from `python run.py -m ...`), and {sweep_dir} is "
+              f"{what}: set SELFINSTRUCT_RUN=multirun/DATE/TIME")
+        return None
+    jobs = load_sweep(sweep_dir)
+    print(f"sweep: {sweep_dir} ({len(jobs)} jobs); swept: {swept_keys(jobs)}")
+    return {"dir": sweep_dir, "jobs": jobs}
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:

@@ -1,6 +1,6 @@
 """Figures of an analysis (analysis.json): the paper's Figure 3 (verb-noun sunburst), Figure 4
 (ROUGE-L to the nearest seed) and Figure 5 (lengths). PNGs with matplotlib (written by the analyze
-stage into plots/), the interactive sunburst with plotly (W&B and the notebooks)."""
+stage into plots/, drawn inline by the notebooks), the interactive sunburst with plotly (W&B)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def sunburst_figure(top: TopVerbNouns, title: str = "Top verbs and their direct-
     return fig
 
 
-def sunburst_png(top: TopVerbNouns, path: Path, title: str = "") -> None:
-    """The sunburst as a two-ring pie: verbs in the inner ring, their top nouns in the outer."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 10))
+def draw_sunburst(ax, top: TopVerbNouns, title: str = "") -> None:
+    """The sunburst as a two-ring pie on ax: verbs in the inner ring, their top nouns in the outer
+    (a static image, so it shows in files, HTML exports and any notebook front-end)."""
+    import matplotlib.pyplot as plt
+
     if not top:
         ax.text(0.5, 0.5, "no verb-noun pairs", ha="center", va="center")
         ax.axis("off")
@@ -69,6 +70,12 @@ def sunburst_png(top: TopVerbNouns, path: Path, title: str = "") -> None:
                textprops=dict(fontsize=10, weight="bold", va="center", ha="center"))
         ax.set(aspect="equal")
     ax.set_title(title or "Top verbs (inner) and their direct-object nouns (outer)", fontsize=13)
+
+
+def sunburst_png(top: TopVerbNouns, path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 10))
+    draw_sunburst(ax, top, title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
