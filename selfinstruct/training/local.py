@@ -202,9 +202,9 @@ def _make_trainer_class():
 
 
 def _progress_callback(trainer_ref: dict, log_path: Path, on_log: Optional[Callable[[dict], None]],
-                       base: dict, is_main: bool):
+                       base: dict):
     """train_log.jsonl records, the caller's on_log hook, a tqdm bar with loss and ETA, and the
-    progress file that marks a checkpoint complete."""
+    progress file that marks a checkpoint complete; on the main process only (multi-GPU runs)."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -221,7 +221,7 @@ def _progress_callback(trainer_ref: dict, log_path: Path, on_log: Optional[Calla
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
-            if is_main:
+            if state.is_world_process_zero:
                 self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="finetune",
                                 unit="step", dynamic_ncols=True)
 
@@ -230,7 +230,7 @@ def _progress_callback(trainer_ref: dict, log_path: Path, on_log: Optional[Calla
                 self.bar.update(state.global_step - self.bar.n)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or not is_main:
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             tokens, completion_tokens, seconds = self._totals()
             record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
@@ -246,7 +246,7 @@ def _progress_callback(trainer_ref: dict, log_path: Path, on_log: Optional[Calla
                 on_log(record)
 
         def on_save(self, args, state, control, **kwargs):
-            if not is_main:
+            if not state.is_world_process_zero:
                 return
             tokens, completion_tokens, seconds = self._totals()
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -256,6 +256,7 @@ def _progress_callback(trainer_ref: dict, log_path: Path, on_log: Optional[Calla
                     "completion_tokens": completion_tokens, "seconds": seconds})
 
         def on_train_end(self, args, state, control, **kwargs):
+            trainer_ref["seconds"] = self._totals()[2]  # training time, summed over resumes
             if self.bar is not None:
                 self.bar.close()
 
@@ -302,20 +303,26 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
             return result["stats"]
     checkpoints = output_dir / "checkpoints"
     log_path = output_dir / "train_log.jsonl"
+    # Under `accelerate launch` every process runs this; only the first one touches the files.
+    first_process = os.environ.get("RANK", "0") == "0"
     previous = json.loads(run_path.read_text()).get("fingerprint") if run_path.exists() else None
-    if previous != fingerprint:  # another configuration or data set: its checkpoints do not apply
+    fresh = previous != fingerprint  # other settings or data: earlier checkpoints do not apply
+    if fresh and first_process:
         for stale in (checkpoints, output_dir / "adapter", output_dir / "model"):
             shutil.rmtree(stale, ignore_errors=True)
         for stale in (log_path, output_dir / "adapter.gguf", result_path):
             stale.unlink(missing_ok=True)
         _write_json_atomic(run_path, {"fingerprint": fingerprint})
-    resume = last_complete_checkpoint(checkpoints)
-    base = {"tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+    resume = None if fresh else last_complete_checkpoint(checkpoints)
+    base = {"step": 0, "tokens": 0, "completion_tokens": 0, "seconds": 0.0}  # before this run
     if resume is not None:
         base = json.loads((resume / PROGRESS_FILE).read_text())
         log.info("finetune: resuming from %s", resume)
-    records = _read_log(log_path, base.get("step", 0))
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if first_process:  # the steps after the checkpoint are trained (and logged) again
+        records = _read_log(log_path, base["step"])
+        tmp_log = log_path.with_name(f".{log_path.name}.tmp")
+        tmp_log.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp_log, log_path)
 
     from transformers import PrinterCallback, TrainingArguments, set_seed
 
@@ -324,7 +331,7 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
     set_seed(seed)  # the LoRA initialisation draws from it (overwritten by a resumed checkpoint)
     tokenizer = load_tokenizer(base_dir)
     examples, num_truncated = encode_pairs(tokenizer, pairs, cfg.max_length)
-    model = load_model(base_dir, device)
+    model = load_model(base_dir, "cpu")  # the Trainer moves it to this process's device
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -361,75 +368,72 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
         model=model, args=args, train_dataset=examples,
         data_collator=PadCollator(pad_id, pad_to_multiple_of=8 if device == "cuda" else None),
         lengths=[len(e["input_ids"]) for e in examples], sampler_seed=seed,
-        callbacks=[_progress_callback(trainer_ref, log_path, on_log, base, is_main=True)])
+        callbacks=[_progress_callback(trainer_ref, log_path, on_log, base)])
     trainer_ref["trainer"] = trainer
     trainer.remove_callback(PrinterCallback)  # it would print every log dict; our bar shows the loss
-    is_main = trainer.is_world_process_zero()
     setup_seconds = time.perf_counter() - setup_start
 
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
 
-    stats = {}
-    if is_main:
-        stats = _finish(trainer, tokenizer, cfg, output_dir, base_dir, log_path, plot_path, base,
-                        dict(num_examples=len(examples), num_truncated=num_truncated, trainable=trainable,
-                             device=device, precision=precision, setup_seconds=setup_seconds,
-                             resumed_from=base.get("step", 0)))
-        _write_json_atomic(result_path, {"fingerprint": fingerprint, "stats": stats})
-    return stats
-
-
-def _finish(trainer, tokenizer, cfg, output_dir: Path, base_dir: Path, log_path: Path,
-            plot_path: Path, base: dict, info: dict) -> dict:
-    """Write the adapter (and its GGUF) or the full model, the plot; return the stats."""
-    from .gguf_adapter import UnsupportedArchitecture, write_gguf_adapter
-
-    model = trainer.model
-    gguf_written = False
-    if cfg.method == "lora":
-        tmp = output_dir / f".adapter.tmp{os.getpid()}"
-        model.save_pretrained(str(tmp))
-        _replace_dir(tmp, output_dir / "adapter")
-        base_config = model.get_base_model().config
-        try:
-            write_gguf_adapter(output_dir / "adapter", output_dir / "adapter.gguf",
-                               base_config.model_type, base_config.num_hidden_layers)
-            gguf_written = True
-        except UnsupportedArchitecture as e:
-            log.warning("finetune: no adapter.gguf: %s", e)
-    else:
-        # A fully fine-tuned model has no GGUF here: converting all weights to GGUF needs
-        # llama.cpp's converter, which no installed package ships. The evaluate stage answers
-        # with transformers (selfinstruct.training.generate) from this folder.
-        tmp = output_dir / f".model.tmp{os.getpid()}"
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        _replace_dir(tmp, output_dir / "model")
-        log.info("finetune: method=full wrote model/ (HF format); there is no GGUF for it")
-
+    if cfg.method == "full":
+        # Every process calls save_model (sharded back-ends gather the weights for it); the main
+        # process writes the folder.
+        trainer.save_model(str(output_dir / ".model.tmp"))
+    if not trainer.is_world_process_zero():
+        return {}
+    gguf_written = _write_model(trainer, tokenizer, cfg.method, output_dir)
     records = _read_log(log_path, None)
     if records:
         plot_loss(records, plot_path)
     tokens = base["tokens"] + trainer.tokens_seen
-    seconds = records[-1]["seconds"] if records else 0.0  # the last step's cumulative time
-    return {
+    seconds = trainer_ref["seconds"]  # the training loop, summed over resumes
+    stats = {
         "cost/finetune/steps": trainer.state.global_step,
         "cost/finetune/tokens": tokens,  # prompt + completion tokens trained on, no padding, all epochs
         "cost/finetune/completion_tokens": base["completion_tokens"] + trainer.completion_tokens_seen,
-        "cost/finetune/seconds": round(seconds, 3),  # training loop time, summed over resumes
-        "cost/finetune/setup_seconds": round(info["setup_seconds"], 3),  # model load, tokenization
+        "cost/finetune/seconds": round(seconds, 3),
+        "cost/finetune/setup_seconds": round(setup_seconds, 3),  # model load, tokenization (this run)
         "cost/finetune/tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else 0.0,
         "cost/finetune/peak_rss_mb": round(_peak_rss_mb(), 1),
         "finetune/first_loss": records[0]["loss"] if records else None,
         "finetune/final_loss": records[-1]["loss"] if records else None,
-        "finetune/num_examples": info["num_examples"],
-        "finetune/num_truncated": info["num_truncated"],
-        "finetune/trainable_params": info["trainable"],
+        "finetune/num_examples": len(examples),
+        "finetune/num_truncated": num_truncated,
+        "finetune/trainable_params": trainable,
+        "finetune/learning_rate": configured_learning_rate(cfg),
         "finetune/epochs": round(trainer.state.epoch or 0.0, 4),
-        "finetune/resumed_from_step": info["resumed_from"],
+        "finetune/resumed_from_step": base["step"],
         "finetune/method": cfg.method,
-        "finetune/device": info["device"],
-        "finetune/precision": info["precision"],
+        "finetune/device": device,
+        "finetune/precision": precision,
         "finetune/base_model": str(base_dir),
         "finetune/adapter_gguf": gguf_written,
     }
+    _write_json_atomic(result_path, {"fingerprint": fingerprint, "stats": stats})
+    return stats
+
+
+def _write_model(trainer, tokenizer, method: str, output_dir: Path) -> bool:
+    """adapter/ and adapter.gguf (lora) or model/ (full) into output_dir; whether a GGUF was written."""
+    from .gguf_adapter import UnsupportedArchitecture, write_gguf_adapter
+
+    if method == "full":
+        # A fully fine-tuned model gets no GGUF: converting all its weights needs llama.cpp's
+        # converter, which no installed package ships. The evaluate stage answers with
+        # transformers from this folder (selfinstruct.training.generate).
+        tmp = output_dir / ".model.tmp"  # written by trainer.save_model
+        tokenizer.save_pretrained(str(tmp))
+        _replace_dir(tmp, output_dir / "model")
+        log.info("finetune: method=full wrote model/ (HF format); there is no GGUF for it")
+        return False
+    tmp = output_dir / f".adapter.tmp{os.getpid()}"
+    trainer.model.save_pretrained(str(tmp))
+    _replace_dir(tmp, output_dir / "adapter")
+    config = trainer.model.get_base_model().config
+    try:
+        write_gguf_adapter(output_dir / "adapter", output_dir / "adapter.gguf", config.model_type,
+                           config.num_hidden_layers)
+    except UnsupportedArchitecture as e:
+        log.warning("finetune: no adapter.gguf: %s", e)
+        return False
+    return True
