@@ -326,6 +326,19 @@ def test_schema_rejects_wrong_types_and_unknown_keys():
         OmegaConf.merge(schema, {"learning_rte": 1e-4})
 
 
+def test_the_yaml_option_matches_the_schema_defaults():
+    """conf/finetune/local.yaml types against the schema and repeats its defaults (one truth)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(REPO / "conf" / "finetune" / "local.yaml")
+    assert list(yaml.pop("defaults")) == ["finetune_schema"]
+    merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), yaml)
+    assert OmegaConf.to_container(merged) == dataclasses.asdict(FinetuneConfig())
+    validate_finetune(merged)
+
+
 def test_importing_the_config_does_not_import_torch():
     code = "import sys, selfinstruct.training.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -59,10 +58,15 @@ def completion_loss_sum(model: Any, input_ids: Any, attention_mask: Any, labels:
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
                     use_cache=False)
     targets = labels[:, 1:][keep[:, :-1]]
+    if outputs.logits.dim() != 2 or outputs.logits.shape[0] != targets.numel():
+        raise ValueError(f"{type(model).__name__} ignores a boolean logits_to_keep mask (returned logits "
+                         f"of shape {tuple(outputs.logits.shape)}); its forward predates transformers 5")
     return F.cross_entropy(outputs.logits.float(), targets, reduction="sum"), int(targets.numel())
 
 
 def _peak_rss_mb() -> float:
+    import resource  # POSIX only
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
