@@ -19,6 +19,7 @@ rounds and the fastest run of each counts: other work on a shared machine slows 
 and the ratio, measured side by side in one run, is what to read.
 
     python benchmarks/bench_finetune.py [--examples 32] [--plain-steps 2] [--rounds 2] [--ablations]
+    python benchmarks/bench_finetune.py --threads 1 --rounds 1     # on a busy machine: read CPU time
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def child(variant: str, args) -> dict:
         cmd += ["--base-model", args.base_model]
     if args.ours_steps is not None:
         cmd += ["--ours-steps", str(args.ours_steps)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
@@ -152,6 +155,9 @@ def main() -> None:
     parser.add_argument("--base-model", default=None, help="an HF model folder (default: the embedded model)")
     parser.add_argument("--ablations", action="store_true", help="also plain+dynamic padding, ours in bf16")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the variants this often; keep the best")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: all cores); 1 makes CPU time a clean "
+                             "measure of work on a busy machine (no threads waiting for each other)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not DATA.exists():
@@ -159,6 +165,10 @@ def main() -> None:
         return
     pairs = sample(DATA, args.examples)
     if args.variant:  # a child process
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         runners = {"plain": lambda: run_plain(args, pairs, dynamic_padding=False),
                    "plain_dynamic": lambda: run_plain(args, pairs, dynamic_padding=True),
                    "ours": lambda: run_ours(args, pairs, precision="auto"),
@@ -178,8 +188,9 @@ def main() -> None:
                 f"CPU {r['cpu_s_per_step']:6.2f} s/step | peak RSS {r['peak_rss_mb'] / 1024:4.1f} GB "
                 f"({r['steps']} steps, {r['precision']})")
 
-    print(f"{len(pairs)} examples from {DATA.name}, batch {BATCH}, max_length {MAX_LENGTH}, LoRA r=8 on q,v; "
-          f"{args.rounds} round(s) alternating the variants, the best run of each counts")
+    threads = f"{args.threads} torch thread(s)" if args.threads else "all cores"
+    print(f"{len(pairs)} examples from {DATA.name}, batch {BATCH}, max_length {MAX_LENGTH}, LoRA r=8 on q,v, "
+          f"{threads}; {args.rounds} round(s) alternating the variants, the best run of each counts")
     best: dict[str, dict] = {}
     for round_ in range(args.rounds):
         for variant in variants:

@@ -116,9 +116,10 @@ def cpu_has_amx() -> bool:
 def resolve_precision(precision: str, device: str) -> str:
     """finetune.precision as fp32 or bf16 (autocast; weights and optimizer state stay float32).
 
-    auto: bf16 on a GPU that supports it, and on CPUs with AMX. Measured on this project's Xeon
-    with AVX512-BF16 but no AMX, bf16 autocast made a LoRA step ~1.7x slower than fp32 (the casts
-    cost more than the bf16 matmuls save), so without AMX auto stays fp32.
+    auto: bf16 on a GPU that supports it, and on CPUs with AMX. On this project's Xeon, which has
+    AVX512-BF16 but no AMX, bf16 autocast made a LoRA step of the 270M model 1.3-1.5x slower in
+    CPU time than fp32 (a bf16 matmul itself was slower, and the casts come on top), so without
+    AMX auto stays fp32.
     """
     import torch
 
