@@ -238,6 +238,7 @@ RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_finetune_resumes_to_the_same_adapter(tiny_model, tmp_path):
     """8 examples, batch 2, 2 epochs: 8 steps; checkpoints at 3 and 6; killed after step 7, the
     rerun resumes in epoch 2 from step 6 (mid-epoch, with dropout) and ends with the adapter of a
@@ -290,6 +291,7 @@ def test_killed_finetune_resumes_to_the_same_adapter(tiny_model, tmp_path):
     ("precision", "fp16", "config key `finetune.precision`"),
     ("max_length", 4, "config key `finetune.max_length`"),
     ("save_every", 0, "config key `finetune.save_every`"),
+    ("num_threads", 0, "config key `finetune.num_threads`: must be >= 1 or null, got 0"),
 ])
 def test_bad_values_name_the_key(key, value, message):
     validate_finetune(FinetuneConfig())  # the defaults are valid

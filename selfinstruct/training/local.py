@@ -332,6 +332,10 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if cfg.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)  # process-wide; the stage runs in its own process
     set_seed(seed)  # the LoRA initialisation draws from it (overwritten by a resumed checkpoint)
     tokenizer = load_tokenizer(base_dir)
     examples, num_truncated = encode_pairs(tokenizer, pairs, cfg.max_length)
