@@ -347,6 +347,51 @@ def test_importing_the_config_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+# --- the embedded model's one-time conversion ---------------------------------------------------
+
+CONVERT_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {repo!r})
+    import selfinstruct.llm.llamacpp as llamacpp
+    import selfinstruct.training.base_model as base_model
+
+    cache = Path({cache!r})
+    llamacpp.packaged_model_path = lambda cache_dir: cache_dir / "models" / "model.gguf"
+
+    def slow_convert(gguf_path, out_dir):  # stands in for the minutes-long de-quantization
+        with open(cache / "conversions.log", "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        out_dir.mkdir(parents=True)
+        time.sleep(1.5)
+        (out_dir / "config.json").write_text("{{}}")
+
+    base_model._convert_gguf = slow_convert
+    print(base_model.embedded_hf_model(cache))
+""")
+
+
+def test_two_processes_convert_the_embedded_model_once(tmp_path):
+    """Two jobs start at once: one converts (under a lock, into a temporary folder renamed into
+    place), the other waits and reuses the folder; a folder left by a killed conversion is removed."""
+    from selfinstruct.training.base_model import EMBEDDED_HF_DIR
+
+    cache = tmp_path / "cache"
+    stale = cache / "models" / f".{EMBEDDED_HF_DIR}.tmp999999"
+    stale.mkdir(parents=True)
+    script = CONVERT_SCRIPT.format(repo=str(REPO), cache=str(cache))
+    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    target = cache / "models" / EMBEDDED_HF_DIR
+    for job, (out, err) in zip(jobs, outputs):
+        assert job.returncode == 0, err
+        assert out.strip().splitlines()[-1] == str(target)
+    assert len((cache / "conversions.log").read_text().split()) == 1  # converted once
+    assert (target / "config.json").is_file() and not stale.exists()
+    assert not list(target.parent.glob(f".{EMBEDDED_HF_DIR}.tmp*"))
+
+
 # --- the GGUF adapter in llama.cpp, on the embedded model --------------------------------------
 
 def completion_logprob_llamacpp(llm, ids: list[int], n_prompt: int) -> float:

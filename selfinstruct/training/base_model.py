@@ -66,23 +66,28 @@ def embedded_hf_model(cache_dir: Path) -> Path:
         print(f"finetune: converting {gguf_path.name} into an HF folder (once; a few minutes) ...",
               flush=True)
         start = time.perf_counter()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, but its
-        # weights are already de-quantized float32 tensors: drop the marker to save them plainly.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config._name_or_path = EMBEDDED_HF_DIR
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _convert_gguf(gguf_path, tmp)
         os.replace(tmp, target)
         seconds = time.perf_counter() - start
         log.info("finetune: converted the embedded model in %.0f s", seconds)
         print(f"finetune: converted the embedded model in {seconds:.0f} s", flush=True)
     return target
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF model with transformers and save it (and its tokenizer) as an HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, but its
+    # weights are already de-quantized float32 tensors: drop the marker to save them plainly.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = EMBEDDED_HF_DIR
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 def resolve_base_model(base_model: Optional[str], cache_dir: Path) -> Path:
