@@ -78,11 +78,16 @@ def _plain(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# Settings that change how a run goes but not the weights it ends with: a killed run may resume
+# with other values (e.g. num_threads=1 once the machine got busy).
+RESULT_NEUTRAL_KEYS = ("log_every", "save_every", "num_threads", "device")
+
+
 def _fingerprint(cfg: dict, seed: int, base_model: Path, pairs: Sequence[dict]) -> str:
-    """What the checkpoints and the result depend on: settings, seed, base model and data.
-    (log_every and device change no weights, but a different one still means a fresh run: simpler.)"""
+    """What the checkpoints and the result depend on: settings, seed, base model and data."""
+    settings = {k: v for k, v in cfg.items() if k not in RESULT_NEUTRAL_KEYS}
     digest = hashlib.sha256()
-    digest.update(json.dumps({"cfg": cfg, "seed": seed, "base_model": str(base_model)},
+    digest.update(json.dumps({"cfg": settings, "seed": seed, "base_model": str(base_model)},
                              sort_keys=True).encode())
     for pair in pairs:
         digest.update(json.dumps([pair["prompt"], pair["completion"]]).encode())
@@ -332,10 +337,6 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(cfg.num_threads)  # process-wide; the stage runs in its own process
     set_seed(seed)  # the LoRA initialisation draws from it (overwritten by a resumed checkpoint)
     tokenizer = load_tokenizer(base_dir)
     examples, num_truncated = encode_pairs(tokenizer, pairs, cfg.max_length)
@@ -381,7 +382,15 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
     trainer.remove_callback(PrinterCallback)  # it would print every log dict; our bar shows the loss
     setup_seconds = time.perf_counter() - setup_start
 
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)  # process-wide: restored below
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    finally:
+        torch.set_num_threads(threads)
 
     if cfg.method == "full":
         # Every process calls save_model (sharded back-ends gather the weights for it); the main
