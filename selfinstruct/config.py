@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from selfinstruct.errors import ConfigError
 from selfinstruct.evaluation.config import EvaluateConfig
+from selfinstruct.training.config import FinetuneConfig
 from selfinstruct.llm import BACKENDS, backend_schema
 from selfinstruct.llm.base import Sampling, check
 from selfinstruct.stages import NAMES as STAGES
@@ -201,11 +202,12 @@ class Config:
     tracking: TrackingConfig = MISSING
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    finetune: FinetuneConfig = MISSING
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 GROUP_SCHEMAS = {"prompt": PromptConfig, "sampling": SamplingConfig, "filters": FiltersConfig,
-                 "seeds": SeedsConfig, "tracking": TrackingConfig}
+                 "seeds": SeedsConfig, "tracking": TrackingConfig, "finetune": FinetuneConfig}
 
 
 def register_configs() -> None:
@@ -256,7 +258,8 @@ def validate(cfg: DictConfig) -> None:
     if "dedup" in cfg.stages:
         check(cfg.input is not None, "input", "stages=[dedup] needs input=PATH (a JSONL or JSON list)")
     backend_schema(cfg.llm.backend).check(cfg.llm)
-    for group in ("prompt", "sampling", "filters", "seeds", "tracking", "prepare", "analyze", "evaluate"):
+    for group in ("prompt", "sampling", "filters", "seeds", "tracking", "prepare", "analyze", "finetune",
+                  "evaluate"):
         group_check = getattr(OmegaConf.get_type(cfg[group]), "check", None)
         if group_check is not None:
             group_check(cfg[group])

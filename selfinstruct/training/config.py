@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ConfigError
+from selfinstruct.errors import ConfigError
+from selfinstruct.training.openai_finetune import OpenAIFinetuneConfig
+from selfinstruct.training.openai_finetune import validate as validate_openai
 
 BACKENDS = ("local", "openai")
 METHODS = ("lora", "full")
@@ -61,16 +63,12 @@ class FinetuneConfig:
     num_threads: Optional[int] = None
     seed: Optional[int] = None  # null: the run's top-level `seed`
     log_every: int = 1  # a train_log.jsonl record every N steps (a CPU step takes seconds: log all)
+    # finetune.backend=openai: the fine-tuning API's settings (training/openai_finetune.py)
+    openai: OpenAIFinetuneConfig = field(default_factory=OpenAIFinetuneConfig)
 
-
-def register_finetune_config() -> None:
-    """Register the schema as `finetune/finetune_schema` (conf/finetune/*.yaml extend it)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(group="finetune", name="finetune_schema", node=FinetuneConfig)
-
-
-register_finetune_config()
+    @staticmethod
+    def check(node) -> None:
+        validate_finetune(node)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -103,6 +101,8 @@ def validate_finetune(node: Any) -> None:
            f"must be > 0 or null, got {node.learning_rate}")
     _check(node.batch_size >= 1, "batch_size", f"must be >= 1, got {node.batch_size}")
     _check(node.seed is None or node.seed >= 0, "seed", f"must be >= 0 or null, got {node.seed}")
+    if node.backend == "openai":
+        validate_openai(node.openai)
     if node.backend != "local":
         return  # the remaining keys configure local training only
     _check(node.method in METHODS, "method", f"must be one of {list(METHODS)}, got {node.method!r}")

@@ -45,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from selfinstruct.errors import ConfigError
+from selfinstruct.errors import ConfigError, RunError
 from selfinstruct.llm.openai_backend import is_retryable, retry_after_s
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def validate(cfg: Any) -> None:
     _check(cfg.timeout_s > 0, "timeout_s", f"must be > 0, got {cfg.timeout_s}")
 
 
-class OpenAIFinetuneError(RuntimeError):
+class OpenAIFinetuneError(RunError):
     """The job failed or was cancelled, or a request failed for good; one line, key masked."""
 
 
