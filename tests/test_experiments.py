@@ -22,6 +22,8 @@ from tests.conftest import compose as compose_job
 
 EXPERIMENTS = REPO / "experiments"
 PRESETS = sorted(p.stem for p in (EXPERIMENTS / "experiment").glob("*.yaml"))
+SINGLE_RUNS = ("align",)  # presets of one run, not a sweep
+SWEEPS = [p for p in PRESETS if p not in SINGLE_RUNS]
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -54,10 +56,24 @@ def test_the_presets_of_the_issue_exist_and_the_readme_gives_each_command():
                             "seed_set_size", "prompt_template", "classification_seeds", "data_size"}
     readme = (EXPERIMENTS / "README.md").read_text()
     for name in PRESETS:
-        assert f"python run.py -m +experiment={name}" in readme, name
+        command = "python run.py +experiment=" if name in SINGLE_RUNS else "python run.py -m +experiment="
+        assert f"{command}{name}" in readme, name
 
 
-@pytest.mark.parametrize("name", PRESETS)
+def test_align_preset_runs_the_papers_loop_and_returns_the_gain():
+    path = EXPERIMENTS / "experiment" / "align.yaml"
+    assert path.read_text().startswith("# @package _global_\n")
+    cfg = compose_with_hydra(["+experiment=align"])
+    assert cfg.stages[:4] == ["instructions", "classify", "instances", "prepare"]
+    assert cfg.stages.index("finetune") < cfg.stages.index("evaluate")
+    assert cfg.finetune.epochs == 2 and cfg.finetune.backend == "local"  # the paper's 2 epochs
+    assert cfg.optimized_metric == "eval/delta/rougeL" and "align" in cfg.tracking.tags
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
 def test_preset_is_a_global_delta_with_a_sweep_that_parses(name):
     path = EXPERIMENTS / "experiment" / f"{name}.yaml"
     assert path.read_text().startswith("# @package _global_\n")
@@ -130,7 +146,7 @@ def test_optuna_preset_uses_the_optuna_sweeper_on_a_returned_metric():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_one_point_of_each_preset_runs_on_the_fake_model(name, tmp_path, fake_overrides):
-    point = [one_point(o) for o in sweep_overrides(name)]
+    point = [one_point(o) for o in sweep_overrides(name)] if name not in SINGLE_RUNS else []
     cfg = compose_with_hydra([f"+experiment={name}", *point, *fake_overrides, "num_instructions=4",
                               "analyze.plots=false"])
     for override_line in point:  # the point took effect
@@ -148,7 +164,7 @@ def test_one_point_of_each_preset_runs_on_the_fake_model(name, tmp_path, fake_ov
     stats = run(cfg, tmp_path / "run")
     assert stats["generation/num_accepted"] == 4
     assert json.loads((tmp_path / "run" / "stats.json").read_text()) == pytest.approx(stats)
-    if cfg.optimized_metric:
+    if cfg.optimized_metric and not cfg.optimized_metric.startswith("eval/"):  # evaluate was dropped
         assert isinstance(stats[cfg.optimized_metric], (int, float))
 
 
