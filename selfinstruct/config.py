@@ -40,8 +40,13 @@ class LLMConfig:
     # llamacpp: the embedded model
     model_path: Optional[str] = None  # a GGUF file; default: the Gemma 3 270M package
     n_ctx: int = 4096
-    n_threads: Optional[int] = None  # default: all cores
+    n_threads: Optional[int] = None  # default: all cores but one
+    n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
+    n_parallel: int = 8  # requests decoded together in one batch
+    chat_format: Optional[str] = None  # chat requests: a llama.cpp template name; default: the GGUF's
+    lora_path: Optional[str] = None  # a GGUF LoRA adapter applied to the model
+    stop_on_repetition: bool = True  # end a generation that loops a phrase, as "length"
     # fake: deterministic test double
     latency_s: float = 0.0
     fail_rate: float = 0.0

@@ -29,7 +29,10 @@ def make_llm(cfg) -> LLM:
 
         path = c.model_path or str(packaged_model_path(cache_dir_for(c)))
         return LlamaCppLLM(model=c.model, cache=cache, model_path=path, n_ctx=c.n_ctx,
-                           n_threads=c.n_threads, prefix_cache=c.prefix_cache, seed=cfg.seed)
+                           n_threads=c.n_threads, n_threads_batch=c.n_threads_batch,
+                           prefix_cache=c.prefix_cache, seed=cfg.seed, n_parallel=c.n_parallel,
+                           timeout_s=c.timeout_s, chat_format=c.chat_format, lora_path=c.lora_path,
+                           stop_on_repetition=c.stop_on_repetition)
     if c.backend in ("openai", "openai_compatible"):
         from ..config import resolve_api_key
         from .openai_backend import OpenAILLM
