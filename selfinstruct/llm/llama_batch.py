@@ -337,8 +337,10 @@ class LlamaEngine:
                         index, job = queue.popleft()
                         slot, keep = self._place(job, free, share_prefix)
                         s = active[slot] = _Sequence(index, job, slot, self.n_vocab, self.stop_on_repetition)
+                        # A long rest goes alone and at once (later requests may copy it); so does a
+                        # short prompt, which cannot lengthen its tail to the wave's.
                         if len(job.tokens) - keep > WAVE_TAIL or len(job.tokens) < WAVE_TAIL:
-                            self._prefill([(s, keep)])  # alone, and at once: later ones may copy it
+                            self._prefill([(s, keep)])
                             self._sample(s, results, active, free, on_early_stop)
                         else:
                             wave.append((s, keep))
