@@ -20,7 +20,8 @@ from selfinstruct.datasets.formats import load_run_dir
 
 log = logging.getLogger(__name__)
 
-COST_KEYS = ("requests", "seconds", "prompt_tokens", "completion_tokens", "retries", "errors", "cache_hits")
+COST_KEYS = ("requests", "seconds", "prompt_tokens", "completion_tokens", "retries", "errors", "cache_hits",
+             "timeouts", "repetition_stops")
 
 
 def _mean(values: list[float]) -> float:

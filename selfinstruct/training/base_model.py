@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..config import ConfigError
-from .config import check_base_model_folder
+from selfinstruct.config import ConfigError
+from selfinstruct.training.config import check_base_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def embedded_hf_model(cache_dir: Path) -> Path:
     Safe with several processes: one converts under a lock into a temporary folder and renames it
     into place, the others wait and reuse it; a folder that exists is always complete.
     """
-    from ..llm.llamacpp import packaged_model_path
+    from selfinstruct.llm.llamacpp import packaged_model_path
 
     target = Path(cache_dir) / "models" / EMBEDDED_HF_DIR
     if target.is_dir():

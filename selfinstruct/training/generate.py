@@ -20,7 +20,7 @@ class TransformersAnswerer:
     def __init__(self, model_dir: Path, adapter_dir: Optional[Path] = None, device: str = "auto"):
         import torch
 
-        from .base_model import load_model, load_tokenizer, resolve_device
+        from selfinstruct.training.base_model import load_model, load_tokenizer, resolve_device
 
         self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(Path(model_dir))

@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .config import learning_rate as configured_learning_rate
-from .config import validate_finetune
-from .data import IGNORE, PadCollator, encode_pairs
+from selfinstruct.training.config import learning_rate as configured_learning_rate
+from selfinstruct.training.config import validate_finetune
+from selfinstruct.training.data import IGNORE, PadCollator, encode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
     plot_path = Path(plot_path) if plot_path is not None else output_dir / "plots" / "finetune_loss.png"
     seed = cfg.seed if cfg.seed is not None else seed
 
-    from .base_model import load_model, load_tokenizer, resolve_base_model, resolve_device, resolve_precision
+    from selfinstruct.training.base_model import load_model, load_tokenizer, resolve_base_model, resolve_device, resolve_precision
 
     base_dir = resolve_base_model(cfg.base_model, Path(cache_dir))
     fingerprint = _fingerprint(_plain(cfg), seed, base_dir, pairs)
@@ -432,7 +432,7 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
 
 def _write_model(trainer, tokenizer, method: str, output_dir: Path) -> bool:
     """adapter/ and adapter.gguf (lora) or model/ (full) into output_dir; whether a GGUF was written."""
-    from .gguf_adapter import UnsupportedArchitecture, write_gguf_adapter
+    from selfinstruct.training.gguf_adapter import UnsupportedArchitecture, write_gguf_adapter
 
     if method == "full":
         # A fully fine-tuned model gets no GGUF: converting all its weights needs llama.cpp's
