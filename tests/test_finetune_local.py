@@ -336,7 +336,7 @@ def test_the_yaml_option_matches_the_schema_defaults():
     from omegaconf import OmegaConf
 
     yaml = OmegaConf.load(REPO / "conf" / "finetune" / "local.yaml")
-    assert list(yaml.pop("defaults")) == ["finetune_schema"]
+    assert list(yaml.pop("defaults")) == ["/finetune_schema@_here_"]
     merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), yaml)
     assert OmegaConf.to_container(merged) == dataclasses.asdict(FinetuneConfig())
     validate_finetune(merged)

@@ -70,7 +70,9 @@ def test_the_loop_keeps_requests_in_flight_across_commits_and_applies_them_in_or
     assert [c.text for _, c in applied] == [f" answer to <prompt {i}>" for i in range(16)]
     assert [c.cached for _, c in applied] == [i in (5, 6) for i in range(16)]
     assert commits == [4, 8, 12, 16, 16]  # every 4 results and once at the end
-    assert stats["max_in_flight"] == 8  # not 4: requests after a commit were already on their way
+    # not 4: requests after a commit were already on their way (7 or 8, as the answers to 0..4 and
+    # 7 race the sends of 8..15)
+    assert stats["max_in_flight"] >= 7
     assert elapsed < 2 * 0.2 + 0.3  # 14 requests in 2 waves; commit by commit would take 4 waves
     assert llm.usage["x"].requests == 2 + 14 and llm.usage["x"].cache_hits == 2
 
