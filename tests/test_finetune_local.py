@@ -222,6 +222,36 @@ def test_full_finetuning_writes_a_model_folder_that_answers(tiny_model, tmp_path
     assert stats["finetune/final_loss"] < stats["finetune/first_loss"]
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_finetune_then_evaluate_answers_with_transformers_for_an_hf_base_model(tiny_model, tmp_path, method):
+    """An HF base model (finetune.base_model) and a full fine-tune are answered by transformers:
+    base answers by the base folder, tuned answers by model/ (full) or the base with adapter/."""
+    from selfinstruct.evaluation.answering import answer_prompt, clean_answer
+    from selfinstruct.evaluation.eval_sets import load_eval_set
+    from selfinstruct.files import read_jsonl
+    from selfinstruct.pipeline import run
+    from selfinstruct.training.generate import TransformersAnswerer, model_dir_for
+    from tests.conftest import compose
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    cfg = compose(["llm=fake", "tracking=none", "stages=[finetune,evaluate]", f"input={data}",
+                   f"finetune.base_model={tiny_model}", f"finetune.method={method}", "finetune.max_steps=4",
+                   "finetune.learning_rate=1e-2", "finetune.batch_size=2", "finetune.max_length=64",
+                   "finetune.device=cpu", "finetune.precision=fp32", "evaluate.limit=3",
+                   "sampling.evaluate.max_tokens=6", f"llm.cache_dir={tmp_path / 'cache'}"])
+    stats = run(cfg, tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "eval.jsonl")
+    assert len(records) == 3 == stats["eval/num_tasks"]
+    prompts = [answer_prompt(t.instruction, t.input) for t in load_eval_set(None)[:3]]
+    model_dir, adapter = model_dir_for(tmp_path / "run" / "finetune", tiny_model)
+    assert (adapter is None) == (method == "full")
+    for name, folder, adapter_dir in [("base", tiny_model, None), ("tuned", model_dir, adapter)]:
+        expected = TransformersAnswerer(folder, adapter_dir, device="cpu").answer(prompts, max_new_tokens=6)
+        assert [r[f"{name}_answer"] for r in records] == [clean_answer(a, "<|endoftext|>") for a in expected]
+    assert stats["cost/evaluate/requests"] == 6  # 3 tasks x (base, tuned), none by the fake model's rules
+
+
 RESUME_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path

@@ -239,3 +239,30 @@ def test_prompt_chunks_are_never_short(start, end):
     assert (chunks[0][0] if chunks else start) == start and (chunks[-1][1] if chunks else end) == end
     assert all(b - a <= 512 for a, b in chunks)
     assert all(b - a >= MIN_CHUNK for a, b in chunks) or end - start < MIN_CHUNK
+
+
+def test_default_threads_leave_the_cores_other_work_uses(monkeypatch):
+    import os
+
+    from selfinstruct.llm import llamacpp
+
+    cores = os.cpu_count() or 1
+    for busy, expected in [(0.0, cores), (0.6, max(1, cores - 1)), (cores + 3.0, 1)]:
+        monkeypatch.setattr(llamacpp, "other_busy_cores", lambda _s, b=busy: b)
+        assert llamacpp.default_threads() == expected
+
+
+def test_other_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    from selfinstruct.llm.llamacpp import other_busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert other_busy_cores(0.5) >= 0.5  # the spinner holds (most of) a core
+    finally:
+        spinner.kill()
+        spinner.wait()

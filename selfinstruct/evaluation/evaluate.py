@@ -17,7 +17,8 @@ LoRA adapters with --enable-lora).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -44,7 +45,7 @@ def run_evaluate(ctx) -> None:
     end_token = ctx.cfg.prepare.end_token
     answers: dict[str, dict[str, str]] = {name: {} for name in MODELS}
     for name in [m for m in MODELS if e[m]]:
-        llm = ctx.llm if name == "base" else tuned_llm(ctx)
+        llm = base_llm(ctx) if name == "base" else tuned_llm(ctx)
         answer_tasks(ctx, llm, name, tasks)
     for r in run.records(run.eval_answers):
         answers[r["model"]][r["id"]] = clean_answer(r["raw"], end_token)
@@ -92,6 +93,28 @@ def llm_window(ctx, llm: LLM) -> int:
     return getattr(llm, "concurrency", None) or ctx.cfg.llm.concurrency
 
 
+def base_llm(ctx) -> LLM:
+    """The base model: the run's llm, or the HF folder that finetune.base_model fine-tuned."""
+    if ctx.cfg.finetune.backend == "local" and ctx.cfg.finetune.base_model is not None:
+        return ctx.add_llm(transformers_llm(ctx, hf_base_model(ctx), None))
+    return ctx.llm
+
+
+def hf_base_model(ctx) -> Path:
+    from selfinstruct.llm.cache import cache_dir_for
+    from selfinstruct.training.base_model import resolve_base_model
+
+    return resolve_base_model(ctx.cfg.finetune.base_model, cache_dir_for(ctx.cfg.llm))
+
+
+def transformers_llm(ctx, model_dir: Path, adapter_dir: Optional[Path]) -> LLM:
+    from selfinstruct.training.generate import TransformersLLM
+
+    return TransformersLLM(model=f"transformers:{model_dir}", model_dir=str(model_dir),
+                           adapter_dir=str(adapter_dir) if adapter_dir else None,
+                           device=ctx.cfg.finetune.device, concurrency=ctx.cfg.finetune.batch_size)
+
+
 def tuned_llm(ctx) -> LLM:
     """The tuned model as a backend of its own (its usage counts under cost/evaluate)."""
     cfg, e = ctx.cfg, ctx.cfg.evaluate
@@ -110,12 +133,13 @@ def tuned_llm(ctx) -> LLM:
             raise RunError(f"evaluate: the tuned model {result['model_id']} lives on the OpenAI API: "
                            "evaluate with llm=openai")
         node.model = result["model_id"]
-    elif result.get("adapter_gguf") and cfg.llm.backend == "llamacpp":
-        node.lora_path = result["adapter_gguf"]
-    else:
-        raise RunError(f"evaluate: the {result.get('method')} fine-tune in {ctx.run.finetune_dir} cannot be "
-                       f"answered by llm={cfg.llm.backend}: a LoRA of the embedded model is answered by "
-                       "llm=llamacpp (its adapter.gguf), a served adapter by evaluate.tuned_model=NAME")
+    elif result.get("adapter_gguf") and cfg.llm.backend == "llamacpp" and cfg.finetune.base_model is None:
+        node.lora_path = result["adapter_gguf"]  # the embedded GGUF with the LoRA: llama.cpp, batched
+    else:  # a full fine-tune, or an HF base model of the user's: transformers answers
+        from selfinstruct.training.generate import model_dir_for
+
+        model_dir, adapter_dir = model_dir_for(Path(result["dir"]), hf_base_model(ctx))
+        return ctx.add_llm(transformers_llm(ctx, model_dir, adapter_dir))
     return ctx.add_llm(make_llm(cfg, node))
 
 

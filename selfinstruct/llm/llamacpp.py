@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -50,11 +51,39 @@ def request_seed(run_seed: int, request_id: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def default_threads() -> int:
-    """llama.cpp threads when llm.n_threads is unset: all cores but one, at least 1 (measured in
-    benchmarks/bench_llamacpp.py --threads-sweep: llama.cpp's threads wait for each other at every
-    layer, so one thread that shares its core with other work stalls all of them)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+def default_threads(sample_s: float = 0.25) -> int:
+    """llama.cpp threads when llm.n_threads is unset: the cores that other processes leave free
+    right now, at least 1. llama.cpp's threads wait for each other at every layer, so one thread
+    that shares its core with other work stalls all of them (measured in
+    benchmarks/bench_llamacpp.py --threads-sweep), while on idle cores every thread counts: on 2
+    idle cores the default run took 90 s with 2 threads and 134 s with 1."""
+    cores = os.cpu_count() or 1
+    busy = other_busy_cores(sample_s)
+    return max(1, min(cores, cores - round(busy)))
+
+
+def other_busy_cores(sample_s: float) -> float:
+    """Cores kept busy by other processes over the next sample_s seconds (from /proc/stat, minus
+    this process's own time); the 1-minute load average where /proc is absent (macOS)."""
+    def ticks() -> tuple[int, int, int]:
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)  # idle + iowait
+        return sum(cpu), idle, int(own[11]) + int(own[12])  # utime + stime of this process
+    try:
+        total0, idle0, own0 = ticks()
+        time.sleep(sample_s)
+        total1, idle1, own1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    elapsed = (total1 - total0) / cores  # ticks per core in the sample
+    if elapsed <= 0:
+        return 0.0
+    busy = (total1 - total0) - (idle1 - idle0) - (own1 - own0)
+    return max(0.0, busy / elapsed)
 
 
 def file_identity(path: str) -> str:
@@ -80,7 +109,7 @@ class LlamaCppConfig(BackendConfig):
     concurrency: int = 8  # requests the stages send at once; n_parallel of them decode together
     model_path: Optional[str] = None  # a GGUF file; default: the packaged Gemma 3 270M
     n_ctx: int = 4096  # tokens per request (prompt + completion); each of n_parallel gets its own
-    n_threads: Optional[int] = None  # default: all cores but one
+    n_threads: Optional[int] = None  # default: the cores other processes leave free
     n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
     n_parallel: int = 8  # requests decoded together in one batch

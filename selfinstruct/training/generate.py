@@ -10,8 +10,11 @@ every row of a batch continues right after its own prompt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
+
+from selfinstruct.llm.base import LLM, Completion, Request, Sampling, Usage
 
 
 class TransformersAnswerer:
@@ -78,3 +81,26 @@ def model_dir_for(result_dir: Path, base_model_dir: Path) -> tuple[Path, Optiona
         return result_dir / "model", None
     return Path(base_model_dir), result_dir / "adapter"
 
+
+
+@dataclass
+class TransformersLLM(LLM):
+    """A TransformersAnswerer as a backend of the request loop, for the evaluate stage: greedy
+    answers of an HF model folder (+ a PEFT adapter). No response cache: the evaluate stage keeps
+    its answers in eval_answers.jsonl, and a retrained folder under the same path must not get
+    the old model's answers."""
+
+    name: ClassVar[str] = "transformers"
+    model_dir: str = ""
+    adapter_dir: Optional[str] = None
+    device: str = "auto"
+    concurrency: int = 8  # prompts per generate() batch
+    _answerer: Any = field(default=None, repr=False)
+
+    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
+        if self._answerer is None:
+            adapter = Path(self.adapter_dir) if self.adapter_dir else None
+            self._answerer = TransformersAnswerer(Path(self.model_dir), adapter, self.device)
+        texts = self._answerer.answer([r.prompt for r in requests], max_new_tokens=params.max_tokens,
+                                      batch_size=self.concurrency, stop=params.stop or ())
+        return [Completion(text, "stop") for text in texts]
