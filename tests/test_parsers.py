@@ -237,3 +237,25 @@ def test_alpaca_bare_task_line_starts_the_next_task():
     assert alpaca.parse_tasks(text, 4, 20) == [
         {"instruction": "What kind of fish is a clownfish?", "input": "", "output": "A reef fish."}]
     assert alpaca.parse_tasks(text, 20, 20)[0]["output"] == "A reef fish."  # task 21 is past the end
+
+
+def test_an_answer_that_only_repeats_the_question_s_words_is_dropped():
+    from selfinstruct.filtering.instance_rules import echoes_instruction
+
+    question = "What is the probability that I will be in my car on time for work?"
+    assert echoes_instruction("probability", question) and echoes_instruction("Probability.", question)
+    assert echoes_instruction("the car", question)
+    assert not echoes_instruction("0.75", question)  # a number is an answer
+    assert not echoes_instruction("about one half", question)  # words of its own
+    assert not echoes_instruction("a good probability estimate", question)  # longer than two words
+    for offers_choices in ["Is the review positive or negative?", "Answer yes/no: is the sky blue?",
+                           "Pick the fruit from: apple, chair", "Which (A) cat (B) dog is a cat?"]:
+        answer = offers_choices.split()[3].strip("?:,")
+        assert not echoes_instruction(answer, offers_choices), offers_choices
+    pairs = [("0.5", "probability"), ("0.75", "Three in four.")]
+    kept, losses = filter_instances(pairs, truncated=False, f=compose([]).filters, rng=random.Random(0),
+                                    instruction=question)
+    assert kept == [("0.75", "Three in four.")] and losses["echoes_instruction"] == 1
+    kept, _ = filter_instances(pairs, truncated=False, f=compose(["filters=paper"]).filters,
+                               rng=random.Random(0), instruction=question)
+    assert kept == pairs  # not one of the paper's rules

@@ -4,7 +4,10 @@ order. Each rule has a stable name: it is the `quality/instance_filter/<rule>` k
 1. truncated_last: a completion cut by the token limit loses its last instance (usually cut off).
 2. per instance: empty_output; input_equals_output; ends_with_colon (an input or output ending
    with ":" is usually an unfinished generation); repetitive (a phrase looped back to back, how
-   small models degenerate under greedy decoding; our addition, off with filters.reject_degenerate).
+   small models degenerate under greedy decoding) and echoes_instruction (an output of one or two
+   words, all taken from an instruction that offers no choices: "What is the probability that
+   ...?" -> "probability", a third of a Gemma 3 270M run's short outputs); our additions, off with
+   filters.reject_degenerate.
 3. conflicting_outputs: two instances with the same non-empty input but different outputs make the
    whole task unreliable, so all its instances go. Empty inputs are exempt: an input-less task
    (e.g. "Suggest a name for a bakery") rightly has many outputs for the one empty input.
@@ -15,15 +18,27 @@ order. Each rule has a stable name: it is the `quality/instance_filter/<rule>` k
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
-from selfinstruct.filtering.rules import repeated_ngram
+from selfinstruct.filtering.rules import _WORDS, repeated_ngram
 
 RULES = ("truncated_last", "empty_output", "input_equals_output", "ends_with_colon", "repetitive",
-         "conflicting_outputs", "duplicate", "over_cap")
+         "echoes_instruction", "conflicting_outputs", "duplicate", "over_cap")
+# An instruction that lists its answers ("positive or negative", "yes/no", "(A) ...", "from: a, b")
+_OFFERS_CHOICES = re.compile(r"\bor\b|/|\(|:\s", re.IGNORECASE)
 
 
-def invalid_reason(inp: str, out: str, f) -> str | None:
+def echoes_instruction(out: str, instruction: str) -> bool:
+    """A one- or two-word answer made only of the instruction's own words, where the instruction
+    lists no answers to choose from: the model repeated the question's topic instead of answering."""
+    words = _WORDS.findall(out.lower())
+    if not 1 <= len(words) <= 2 or not all(w.isalpha() for w in words) or _OFFERS_CHOICES.search(instruction):
+        return False
+    return set(words) <= set(_WORDS.findall(instruction.lower()))
+
+
+def invalid_reason(inp: str, out: str, f, instruction: str = "") -> str | None:
     if f.drop_empty_output and not out.strip():
         return "empty_output"
     if f.drop_input_equals_output and inp.strip() == out.strip():
@@ -32,11 +47,13 @@ def invalid_reason(inp: str, out: str, f) -> str | None:
         return "ends_with_colon"
     if f.reject_degenerate and (repeated_ngram(inp) or repeated_ngram(out)):
         return "repetitive"
+    if f.reject_degenerate and echoes_instruction(out, instruction):
+        return "echoes_instruction"
     return None
 
 
-def filter_instances(pairs: list[tuple[str, str]], *, truncated: bool, f,
-                     rng: random.Random) -> tuple[list[tuple[str, str]], Counter]:
+def filter_instances(pairs: list[tuple[str, str]], *, truncated: bool, f, rng: random.Random,
+                     instruction: str = "") -> tuple[list[tuple[str, str]], Counter]:
     """The (input, output) pairs that pass, in completion order, and how many each rule removed."""
     losses: Counter = Counter()
     pairs = [(i.strip(), o.strip()) for i, o in pairs]
@@ -45,7 +62,7 @@ def filter_instances(pairs: list[tuple[str, str]], *, truncated: bool, f,
         losses["truncated_last"] += 1
     kept = []
     for inp, out in pairs:
-        reason = invalid_reason(inp, out, f)
+        reason = invalid_reason(inp, out, f, instruction)
         if reason:
             losses[reason] += 1
         else:

@@ -112,7 +112,7 @@ def build_data(ctx) -> tuple[list[dict], dict]:
             continue  # no instances generated yet (the instances stage has not reached it)
         parsed += len(pairs)
         # A per-task rng: the 5-per-task choice of a task does not change when the run grows.
-        kept, lost = filter_instances(pairs, truncated=truncated, f=f,
+        kept, lost = filter_instances(pairs, truncated=truncated, f=f, instruction=task["instruction"],
                                       rng=random.Random(f"{cfg.seed}/{task['id']}"))
         losses.update(lost)
         kept_counts.append(len(kept))
