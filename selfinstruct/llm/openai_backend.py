@@ -246,20 +246,26 @@ class OpenAILLM(LLM):
 
     def _check_reachable(self, error: BaseException, text: str) -> None:
         """Connection refused or unknown host while the server has never answered: after
-        UNREACHABLE_AFTER_S, give up the whole run instead of retrying every request."""
+        UNREACHABLE_AFTER_S, give up the whole run instead of retrying every request. Timeouts
+        count alike: a server that takes connections and never answers (hung) ends the run after
+        its second round of timeouts instead of max_retries rounds."""
         import openai
 
-        if self._answered or not isinstance(error, openai.APIConnectionError) \
-                or isinstance(error, openai.APITimeoutError):
+        if self._answered or not isinstance(error, openai.APIConnectionError):
             return
         now = time.monotonic()
         if self._unreachable_since is None:
             self._unreachable_since = now
         elif now - self._unreachable_since >= UNREACHABLE_AFTER_S:
+            url = self.base_url or DEFAULT_BASE_URL
+            if isinstance(error, openai.APITimeoutError):  # it takes connections, answers nothing
+                raise BackendUnreachable(
+                    f"the model server at {url} has answered no request: each timed out after "
+                    f"llm.timeout_s={self.timeout_s:g} s, for {now - self._unreachable_since:.0f} s. Is it "
+                    "stuck or overloaded? (a model that needs longer to answer needs a larger llm.timeout_s)")
             raise BackendUnreachable(
-                f"cannot reach the model server at {self.base_url or DEFAULT_BASE_URL} "
-                f"({text.split(': ', 1)[-1]}) for {now - self._unreachable_since:.0f} s: is it running, "
-                "and is llm.base_url right?")
+                f"cannot reach the model server at {url} ({text.split(': ', 1)[-1]}) for "
+                f"{now - self._unreachable_since:.0f} s: is it running, and is llm.base_url right?")
 
     def _scrub(self, message: str) -> str:
         """Error texts go into rejected.jsonl and logs; a server may quote the key in them."""
