@@ -42,7 +42,8 @@ THRESHOLD, TOP_K = 0.7, 10
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import ORIGINAL_SEEDS, SHARED_DATA, original_seed_instructions, real_instructions  # noqa: E402
+from tests.helpers import (ORIGINAL_SEEDS, SHARED_DATA, original_seed_instructions,  # noqa: E402
+                           real_instructions)
 
 
 # -- data ---------------------------------------------------------------------------------------
