@@ -26,13 +26,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.local_server import LocalServer  # noqa: E402
+from tests.local_server import JSONHandler, LocalServer  # noqa: E402
 
 FAULT_KINDS = ("429", "500", "invalid_json", "drop", "slow")  # transient: a client should retry
 # "401" answers like a real server to a wrong key, quoting it: a client must not retry, nor log it.
@@ -159,20 +158,7 @@ class FakeOpenAIServer(LocalServer):
 
 
 def _handler_for(server: FakeOpenAIServer) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a real server: clients reuse connections
-
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-        def send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(payload)
+    class Handler(JSONHandler):
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/stats":

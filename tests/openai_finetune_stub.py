@@ -34,11 +34,10 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from http.server import BaseHTTPRequestHandler
 from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import LocalServer
+from tests.local_server import JSONHandler, LocalServer
 
 COMPLETION_MODELS = {"davinci-002", "babbage-002"}
 CHAT_MODELS = {"gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
@@ -242,22 +241,11 @@ def _parse_multipart(content_type: str, body: bytes) -> dict:
 
 
 def _handler_for(stub: OpenAIFinetuneStub) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JSONHandler):
         disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
         def send(self, status: int, payload: dict, headers: Optional[dict] = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
+            super().send(status, json.dumps(payload).encode(), headers)
 
         def route(self) -> tuple[str, list[str]]:
             path = urlsplit(self.path).path.rstrip("/")
