@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -34,26 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import selfinstruct.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+from tests.helpers import compose, fake_instructions  # noqa: E402
 
 
 def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
-
-
-def instructions(n: int) -> list[dict]:
-    from selfinstruct.llm.fake import fake_instruction
-
-    rng = random.Random(0)
-    return [{"id": f"machine_task_{i}", "instruction": fake_instruction(rng)} for i in range(n)]
 
 
 def workloads(cfg, n: int, max_tokens: dict) -> dict:
@@ -64,7 +48,7 @@ def workloads(cfg, n: int, max_tokens: dict) -> dict:
     from selfinstruct.datasets.seeds import seeds_from_config
     from selfinstruct.generation.instructions import request_rng
 
-    records = instructions(n)
+    records = fake_instructions(n)
     seeds = [t.instruction for t in seeds_from_config(cfg.seeds)]
     p = cfg.prompt
     out = {
@@ -154,7 +138,7 @@ def classify_stage(llm, records: list[dict], prefix_cache: bool) -> tuple[float,
 
 
 def prefix_cache(llm, n: int) -> dict:
-    records = instructions(n)
+    records = fake_instructions(n)
     classify_stage(llm, records[:2], True)  # warm-up: pages the model in
     before = load()
     off, answers_off = classify_stage(llm, records, prefix_cache=False)

@@ -37,37 +37,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 THRESHOLD, TOP_K = 0.7, 10
 
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers import (ORIGINAL_SEEDS, SHARED_DATA, original_seed_instructions,  # noqa: E402
+                           real_instructions)
+
 
 # -- data ---------------------------------------------------------------------------------------
-
-
-def load_seeds() -> list[str]:
-    path = DATA / "self-instruct" / "data" / "seed_tasks.jsonl"
-    return [json.loads(line)["instruction"] for line in path.open()]
-
-
-def load_real_instructions() -> list[str]:
-    """Unique `instruction` fields of every JSON / JSONL file under runs/, in file order."""
-    texts, seen = [], set()
-    for path in sorted((DATA / "runs").glob("*/*")):
-        if path.suffix == ".json":
-            records = json.loads(path.read_text())
-        elif path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.open() if line.strip()]
-        else:
-            continue
-        for r in records:
-            t = r.get("instruction") if isinstance(r, dict) else None
-            if isinstance(t, str) and t.strip() and t not in seen:
-                seen.add(t)
-                texts.append(t)
-    return texts
 
 
 EDIT_WORDS = ["new", "short", "given", "following", "list", "simple", "please", "also", "then",
@@ -244,7 +223,7 @@ def dedup_end_to_end(candidates: list[str], filtered: dict, ref: list, rs_rate: 
         run_dir = Path(tmp) / "run"
         started = time.perf_counter()
         subprocess.run([sys.executable, str(repo / "run.py"), "stages=[dedup]", f"input={data}",
-                        "seeds=file", f"seeds.path={DATA / 'self-instruct' / 'data' / 'seed_tasks.jsonl'}",
+                        "seeds=file", f"seeds.path={ORIGINAL_SEEDS}",
                         "tracking=none", f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
         wall = time.perf_counter() - started
         decisions = [None] * len(candidates)
@@ -275,9 +254,9 @@ def main() -> None:
     n_rs_pairs = 1_500 if quick else 6_000
     w = args.workers
 
-    if not (DATA / "runs").is_dir():
-        sys.exit(f"data not found: {DATA / 'runs'}")
-    seeds, real = load_seeds(), load_real_instructions()
+    if not (SHARED_DATA / "runs").is_dir():
+        sys.exit(f"data not found: {SHARED_DATA / 'runs'}")
+    seeds, real = original_seed_instructions(), real_instructions()
     rng = random.Random(0)
     if quick:
         real = rng.sample(real, n_real_target * 5 // 6)

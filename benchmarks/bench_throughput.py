@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import compose, fake_instructions  # noqa: E402
+
 
 def start_server(options: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_openai_server.py"),
@@ -42,28 +44,15 @@ def start_server(options: list[str]) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{int(line.split()[1])}/v1"
 
 
-def instructions(n: int) -> list[dict]:
-    from selfinstruct.llm.fake import fake_instruction
-    import random
-
-    rng = random.Random(0)
-    return [{"id": f"machine_task_{i}", "instruction": fake_instruction(rng)} for i in range(n)]
-
-
 def run_stage(base_url: str, records: list[dict], concurrency: int) -> float:
     """Seconds for our classify stage over records, in a fresh run dir, cache off."""
-    from hydra import compose, initialize_config_dir
-
-    import selfinstruct.config  # noqa: F401
     from selfinstruct.files import write_jsonl_atomic
     from selfinstruct.llm import Request, Sampling
     from selfinstruct.pipeline import RunContext
     from selfinstruct.generation.classify import run_classify
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["llm=openai_compatible", f"llm.base_url={base_url}",
-                                           "llm.model=bench", f"llm.concurrency={concurrency}",
-                                           "llm.cache=false", "tracking=none"])
+    cfg = compose(["llm=openai_compatible", f"llm.base_url={base_url}", "llm.model=bench",
+                   f"llm.concurrency={concurrency}", "llm.cache=false", "tracking=none"])
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         write_jsonl_atomic(run_dir / "instructions.jsonl", records)
@@ -85,7 +74,6 @@ def run_instructions_stage(base_url: str, num_requests: int, concurrency: int) -
     import json as _json
 
     from selfinstruct.pipeline import run
-    from tests.conftest import compose
 
     cfg = compose(["llm=openai_compatible", f"llm.base_url={base_url}", "llm.model=bench",
                    f"llm.concurrency={concurrency}", "llm.cache=false", "tracking=none",
@@ -155,7 +143,7 @@ def main() -> None:
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     result = {}
     if args.stage in ("classify", "both"):
-        records = instructions(args.requests)
+        records = fake_instructions(args.requests)
         prompts = [build_prompt(r["instruction"], chat=False) for r in records]
         proc, base_url = start_server(["--latency", "0.1"])
         try:

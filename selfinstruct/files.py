@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 
 from selfinstruct.errors import DataError
@@ -17,9 +17,16 @@ from selfinstruct.errors import DataError
 def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]:
     """Records of a JSONL file. A bad line raises DataError naming file and line, except a torn
     last line (no trailing newline) when allow_torn_tail is set: a killed writer leaves those."""
+    return [record for _, record in iter_jsonl(path, allow_torn_tail=allow_torn_tail)]
+
+
+def iter_jsonl(path: str | Path, text: str | None = None, *,
+               allow_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line of a JSONL file, for readers whose own errors
+    name the line; text: the file's contents when the caller has read them already."""
     path = Path(path)
-    records = []
-    lines = read_text(path).split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
+    text = read_text(path) if text is None else text
+    lines = text.split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -27,12 +34,11 @@ def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if allow_torn_tail and number == len(lines):  # the last piece has no newline
-                break
+                return
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+        yield number, record
 
 
 def read_text(path: Path) -> str:

@@ -215,15 +215,17 @@ def _log_records(path: Path):
 
 
 def read_offline_run(run_path: str | Path) -> dict[str, Any]:
-    """{"config", "summary", "group", "name"} of an offline run dir (wandb/offline-run-*/), from its
-    run-*.wandb log. Summary keys hold their last value; nested keys are joined with '/'."""
+    """{"config", "summary", "group", "name", "finished"} of an offline run dir (wandb/offline-run-*/),
+    from its run-*.wandb log. Summary keys hold their last value; nested keys are joined with '/'.
+    finished: the log holds the run's exit record (wandb-core writes the log behind the process, so
+    a run read right after run.finish() may not be complete yet)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     run_path = Path(run_path)
     logs = sorted(run_path.glob("run-*.wandb"))
     if not logs:
         raise FileNotFoundError(f"{run_path}: no run-*.wandb file")
-    out: dict[str, Any] = {"config": {}, "summary": {}, "group": None, "name": None}
+    out: dict[str, Any] = {"config": {}, "summary": {}, "group": None, "name": None, "finished": False}
     for raw in _log_records(logs[0]):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -239,6 +241,8 @@ def read_offline_run(run_path: str | Path) -> dict[str, Any]:
             for item in record.summary.update:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
+        elif kind == "exit":
+            out["finished"] = True
     return out
 
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHARED_DATA = SHARED / "data"
+from tests.helpers import REPO, SHARED, SHARED_DATA, compose  # noqa: F401  (tests import them from here)
 
 # Tests never reach the network: W&B stays offline and no key is inherited from the environment.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -25,16 +23,6 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared is absent (no {path}); it holds the real data this test reads")
     return path
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import selfinstruct.config  # noqa: F401  (registers the schemas)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 @pytest.fixture

@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.local_server import JSONHandler, LocalServer  # noqa: E402
 
 FAULT_KINDS = ("429", "500", "invalid_json", "drop", "slow")  # transient: a client should retry
 # "401" answers like a real server to a wrong key, quoting it: a client must not retry, nor log it.
@@ -90,12 +91,7 @@ def guess_stage(prompt: str) -> str:
     return "instances"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024  # the default listen backlog (5) refuses bursts of new connections
-
-
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalServer):
     def __init__(self, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULT_KINDS, slow_s: float = 2.0, seed: int = 0,
                  fail_first: int = 0, answer: Optional[Answer] = None, port: int = 0,
@@ -115,32 +111,7 @@ class FakeOpenAIServer:
         self.outcomes: Counter = Counter()  # "ok" and each fault kind
         self.auth_headers: set[str] = set()
         self.in_flight = self.max_in_flight = 0
-        self.httpd = _Server(("127.0.0.1", port), _handler_for(self))
-        self.thread: Optional[threading.Thread] = None
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> "FakeOpenAIServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> "FakeOpenAIServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(_handler_for(self), port)
 
     def stats(self) -> dict:
         with self.lock:
@@ -187,20 +158,7 @@ class FakeOpenAIServer:
 
 
 def _handler_for(server: FakeOpenAIServer) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a real server: clients reuse connections
-
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-        def send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(payload)
+    class Handler(JSONHandler):
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/stats":

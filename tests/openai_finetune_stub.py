@@ -34,18 +34,15 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_server import JSONHandler, LocalServer
 
 COMPLETION_MODELS = {"davinci-002", "babbage-002"}
 CHAT_MODELS = {"gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
                "gpt-4.1-nano-2025-04-14", "gpt-3.5-turbo-0125"}
 ROUTES = ("files.create", "files.retrieve", "jobs.create", "jobs.list", "jobs.retrieve", "jobs.events")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
 
 
 class StubError(Exception):
@@ -55,7 +52,9 @@ class StubError(Exception):
                                                     "param": param, "code": code}}
 
 
-class OpenAIFinetuneStub:
+class OpenAIFinetuneStub(LocalServer):
+    poll_interval = 0.02
+
     def __init__(self, *, polls: int = 3, outcome: str = "succeeded",
                  error_message: str = "Training failed: the training loss diverged.",
                  steps: int = 6):
@@ -69,14 +68,9 @@ class OpenAIFinetuneStub:
         self.calls: Counter = Counter()
         self.faults: dict[str, deque] = defaultdict(deque)
         self.auth_headers: set[str] = set()
-        self.httpd = _Server(("127.0.0.1", 0), _handler_for(self))
-        self.thread: Optional[threading.Thread] = None
+        super().__init__(_handler_for(self))
 
     # --- test API ---------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
     @property
     def files_created(self) -> int:
         return len(self.files)
@@ -92,22 +86,6 @@ class OpenAIFinetuneStub:
 
     def file_content(self, file_id: str) -> bytes:
         return self.files[file_id]["content"]
-
-    def start(self) -> "OpenAIFinetuneStub":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> "OpenAIFinetuneStub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- endpoints (called under self.lock) ---------------------------------------------------
     def create_file(self, purpose: str, filename: str, content: bytes) -> dict:
@@ -263,22 +241,11 @@ def _parse_multipart(content_type: str, body: bytes) -> dict:
 
 
 def _handler_for(stub: OpenAIFinetuneStub) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JSONHandler):
         disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
         def send(self, status: int, payload: dict, headers: Optional[dict] = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
+            super().send(status, json.dumps(payload).encode(), headers)
 
         def route(self) -> tuple[str, list[str]]:
             path = urlsplit(self.path).path.rstrip("/")

@@ -63,8 +63,19 @@ def test_forked_workers_give_the_same_pairs(parser, monkeypatch):
     assert parser.pairs(texts, workers=2) == parser.pairs(texts, workers=1)
 
 
-def test_model_is_loaded_once_per_process():
-    assert load_nlp() is load_nlp()
+def test_loaded_model_tags_and_parses_and_leaves_pos_and_lemmas_to_the_parser():
+    """Only the tagger and parser run over every token: the POS and lemmas stay unset until
+    VerbNounParser fills them in for the verb and its object; NER is not loaded at all."""
+    nlp = load_nlp()
+    assert nlp.pipe_names == ["tok2vec", "tagger", "parser"]
+    assert {"attribute_ruler", "lemmatizer"} <= set(nlp.disabled) and "ner" not in nlp.component_names
+    doc = nlp("Write a poem about cats.")
+    assert [(t.text, t.tag_, t.dep_) for t in doc][:3] == [("Write", "VB", "ROOT"), ("a", "DT", "det"),
+                                                          ("poem", "NN", "dobj")]
+    assert all(t.pos_ == "" and t.lemma_ == "" for t in doc)
+    assert VerbNounParser(nlp).pair(doc) == ("write", "poem")
+    cats = doc[4]
+    assert (cats.pos_, cats.lemma_) == ("", "")  # not the pair's: left unset
 
 
 def test_verb_noun_statistics():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from rouge_score import tokenize as rs_tokenize  # noqa: E402
 
 import selfinstruct.filtering.rouge as rouge  # noqa: E402
 from selfinstruct.filtering.rouge import Decision, RougeIndex, rouge_l_f, tokenize  # noqa: E402
+from tests.helpers import SHARED_DATA, original_seed_instructions, real_instructions  # noqa: E402
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ODD_TEXTS = [
     "", " ", "!!!", "...?!", "\n\t", "a", "A", "Hello, World!", "hello world", "HELLO   WORLD",
@@ -276,14 +275,12 @@ def test_threshold_semantics_and_most_similar_order():
 
 
 def _real_instructions() -> tuple[list[str], list[str]]:
-    if not (DATA / "runs").is_dir():
-        pytest.skip(f"../shared is absent: real instruction data not found at {DATA / 'runs'}")
-    from benchmarks.bench_rouge import load_real_instructions, load_seeds
-
-    texts = load_real_instructions()
+    if not (SHARED_DATA / "runs").is_dir():
+        pytest.skip(f"../shared is absent: real instruction data not found at {SHARED_DATA / 'runs'}")
+    texts = real_instructions()
     if len(texts) < 2000:
-        pytest.skip(f"too few real instructions under {DATA / 'runs'}")
-    return load_seeds(), texts
+        pytest.skip(f"too few real instructions under {SHARED_DATA / 'runs'}")
+    return original_seed_instructions(), texts
 
 
 def _near_duplicate(rng: random.Random, text: str) -> str:

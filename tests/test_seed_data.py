@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
+from tests.helpers import ORIGINAL_SEEDS  # the original project's seed tasks, in ../shared
+
 DATA_DIR = Path(__file__).resolve().parents[1] / "selfinstruct" / "data"
 SEED_PATH = DATA_DIR / "seed_tasks.jsonl"
 CLASSIFY_DEMOS_PATH = DATA_DIR / "classify_demos.jsonl"
 INPUT_FIRST_PATH = DATA_DIR / "instance_demos_input_first.jsonl"
 OUTPUT_FIRST_PATH = DATA_DIR / "instance_demos_output_first.jsonl"
-# The original project's seed tasks, checked out beside the repository (present in CI).
-ORIGINAL_SEED_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "self-instruct" / "data" / "seed_tasks.jsonl"
-)
 
 SEED_KEYS = ["id", "name", "instruction", "instances", "is_classification"]
 ROUGE_THRESHOLD = 0.7
@@ -180,10 +178,10 @@ def test_no_near_duplicate_seed_instructions():
 
 @pytest.fixture(scope="module")
 def original_instructions() -> list[str]:
-    if not ORIGINAL_SEED_PATH.exists():
-        pytest.skip(f"../shared is absent: the original SELF-INSTRUCT seed tasks are not at {ORIGINAL_SEED_PATH}, "
+    if not ORIGINAL_SEEDS.exists():
+        pytest.skip(f"../shared is absent: the original SELF-INSTRUCT seed tasks are not at {ORIGINAL_SEEDS}, "
                     "so originality against them cannot be checked here")
-    return [t["instruction"] for t in _read_jsonl(ORIGINAL_SEED_PATH)]
+    return [t["instruction"] for t in _read_jsonl(ORIGINAL_SEEDS)]
 
 
 def test_seed_instructions_are_not_paraphrases_of_the_original(original_instructions):

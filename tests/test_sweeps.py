@@ -5,16 +5,16 @@ metric run.py returns to sweepers."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import selfinstruct.config  # noqa: F401  (registers the schemas)
 from selfinstruct.tracking import offline_runs, read_offline_run
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 # Plots are the slowest part of a fake run and play no part in these tests.
 FAST = ["llm=fake", "analyze.plots=false"]
@@ -146,15 +146,25 @@ def test_submitit_local_runs_two_jobs_from_any_directory(tmp_path):
     assert len(list((sweep / ".submitit").glob("*/*_0_log.out"))) == 2
 
 
-def test_slurm_launcher_config_extends_submitit_slurm():
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                           "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.gpus_per_node) == ("gpu", 1)
-    assert (launcher.timeout_min, launcher.mem_gb, launcher.cpus_per_task) == (240, 16, 8)
-    assert launcher.array_parallelism == 16
+def test_slurm_sweep_submits_one_job_array_with_the_configured_resources(tmp_path):
+    """hydra/launcher=slurm through submitit up to sbatch, with stand-ins for sbatch (which keeps
+    the script it is given and refuses the job) and srun (submitit looks for it): the script asks
+    for what the config and the command line say, one array task per run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_COPY"\necho "sbatch: refused" >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    script, sweep = tmp_path / "job.sh", tmp_path / "sweep"
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
+                      "llm=fake", "tracking=none", "num_instructions=5,6", f"hydra.sweep.dir={sweep}"],
+                     env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_COPY": str(script)}, timeout=120)
+    assert "sbatch: refused" in result.stderr
+    sbatch = {line.split()[1] for line in script.read_text().splitlines() if line.startswith("#SBATCH ")}
+    assert {"--partition=gpu", "--gpus-per-node=1", "--time=240", "--mem=16GB", "--cpus-per-task=8",
+            "--nodes=1", "--ntasks-per-node=1", "--array=0-1%2"} <= sbatch  # 2 runs, at most 16 at once
+    assert f"--output={sweep}/.submitit/%A_%a/%A_%a_0_log.out" in sbatch
 
 
 def test_a_missing_optimized_metric_fails_the_run(tmp_path):

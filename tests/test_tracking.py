@@ -1,15 +1,29 @@
 """W&B tracking (selfinstruct/tracking.py), offline only: the reader of offline runs against a run
-written directly with wandb, the mode rules, and a sweep's jobs sharing a group."""
+written directly with wandb, the mode rules, a run's W&B summary against its stats.json, and a
+sweep's jobs sharing a group."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from omegaconf import OmegaConf
 
-from selfinstruct.tracking import NoTracking, offline_runs, read_offline_run, start_tracking, wandb_mode
+from selfinstruct.tracking import offline_runs, read_offline_run, wandb_mode
 from tests.analysis_runs import seeds_sweep
+
+
+def finished_run(run_dir) -> dict:
+    """The one offline W&B run under run_dir, read once complete: run.finish() may return before
+    wandb-core has written the log (seen for the second run of a process)."""
+    deadline = time.monotonic() + 60
+    while True:
+        (path,) = offline_runs(run_dir)
+        wb = read_offline_run(path)
+        if wb["finished"] or time.monotonic() > deadline:
+            return wb
+        time.sleep(0.1)
 
 
 def test_offline_run_reader_reads_what_wandb_wrote(tmp_path):
@@ -22,8 +36,8 @@ def test_offline_run_reader_reads_what_wandb_wrote(tmp_path):
     run.summary.update({"data/num": 8})  # the last value wins
     run.log({"long": "y" * 70000})  # a record larger than a 32 KiB block
     run.finish()
-    (path,) = offline_runs(tmp_path)
-    wb = read_offline_run(path)
+    wb = finished_run(tmp_path)
+    assert wb["finished"]
     assert (wb["group"], wb["name"]) == ("g1", "n1")
     assert wb["config"]["a"] == 1 and wb["config"]["nested"] == {"b": "x"}
     assert wb["summary"]["data/num"] == 8 and wb["summary"]["diversity/share"] == 0.25
@@ -42,11 +56,30 @@ def test_mode_rules(monkeypatch):
     assert wandb_mode(OmegaConf.create({"mode": "offline"})) == "offline"
 
 
-def test_tracking_none_and_disabled_start_nothing(tmp_path, monkeypatch):
+def fake_run(run_dir, tracking: str) -> dict:
+    """A small fake-model run (no model, no network) with the given tracking override."""
+    from selfinstruct.pipeline import run
     from tests.conftest import compose
 
-    assert isinstance(start_tracking(compose(["tracking=none"]), tmp_path), NoTracking)
-    assert isinstance(start_tracking(compose(["tracking.mode=disabled"]), tmp_path), NoTracking)
+    cfg = compose(["llm=fake", "llm.cache=false", "num_instructions=10", "seed=3", tracking,
+                   "stages=[instructions,classify,instances,prepare]"])
+    return run(cfg, run_dir)
+
+
+def test_offline_run_holds_the_stats_and_config_the_run_wrote(tmp_path):
+    stats = fake_run(tmp_path, "tracking.mode=offline")
+    wb = finished_run(tmp_path)
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written and stats == pytest.approx(written)
+    assert {k: wb["summary"][k] for k in written} == pytest.approx(written)
+    assert (wb["config"]["seed"], wb["config"]["num_instructions"], wb["config"]["llm"]["backend"]) == (3, 10, "fake")
+
+
+@pytest.mark.parametrize("tracking", ["tracking=none", "tracking.mode=disabled"])
+def test_no_tracking_leaves_no_wandb_run_but_writes_the_stats(tmp_path, tracking):
+    stats = fake_run(tmp_path, tracking)
+    assert stats["data/num_instructions"] == 10
+    assert json.loads((tmp_path / "stats.json").read_text()) == pytest.approx(stats)
     assert not (tmp_path / "wandb").exists()
 
 

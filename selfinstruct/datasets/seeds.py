@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct.files import DataError, read_text
+from selfinstruct.files import DataError, iter_jsonl
 
 DEFAULT_SEEDS = Path(__file__).resolve().parents[1] / "data" / "seed_tasks.jsonl"
 
@@ -64,17 +63,8 @@ def load_seeds(path: str | Path | None = None, *, limit: int | None = None,
         raise DataError(f"{path}: seed file not found")
     tasks: list[SeedTask] = []
     seen: dict[str, int] = {}
-    # read_text: an unreadable file or a byte that is not UTF-8 fails naming the file (and line)
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
+    for number, record in iter_jsonl(path):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object")
         task = parse_seed(record, where)
         if task.id in seen:
             raise DataError(f"{where}: duplicate id {task.id!r} (first on line {seen[task.id]})")

@@ -16,13 +16,12 @@ original tasks and our default set have one instance each, so their ids stay as 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from selfinstruct.datasets.formats import load_dataset
-from selfinstruct.files import DataError, read_text
+from selfinstruct.files import DataError, iter_jsonl, read_text
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parents[1] / "data" / "eval_tasks.jsonl"
 
@@ -48,27 +47,15 @@ def load_eval_set(path: str | Path | None = None) -> list[EvalTask]:
     path = Path(path) if path is not None else DEFAULT_EVAL_SET
     text = read_text(path)  # DataError for a missing or non-UTF-8 file
     if not text.lstrip().startswith("["):  # JSONL: is it the user-oriented format?
-        first = _first_record(path, text)
-        if first is not None and "instances" in first:
+        if "instances" in _first_record(path, text):
             return _load_user_oriented(path, text)
     return _load_any_dataset(path)
 
 
-def _first_record(path: Path, text: str) -> Optional[dict]:
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            return _parse_line(path, number, line)
+def _first_record(path: Path, text: str) -> dict:
+    for _, record in iter_jsonl(path, text):
+        return record
     raise DataError(f"{path}: no records")
-
-
-def _parse_line(path: Path, number: int, line: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-    return record
 
 
 def _string(record: dict, key: str, where: str, *, required: bool = True) -> str:
@@ -86,11 +73,8 @@ def _load_user_oriented(path: Path, text: str) -> list[EvalTask]:
     every line a task with a non-empty instruction and at least one instance with an output."""
     tasks: list[EvalTask] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    for number, r in iter_jsonl(path, text):
         where = f"{path}:{number}"
-        r = _parse_line(path, number, line)
         task_id = r.get("id", f"task_{len(seen)}")
         if not isinstance(task_id, str) or not task_id:
             raise DataError(f"{where}: field 'id' must be a non-empty string")

@@ -15,11 +15,10 @@ files, which list the 252 tasks in the same order, line up task by task) and `is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct.files import DataError, read_text
+from selfinstruct.files import DataError, iter_jsonl
 from selfinstruct.evaluation.eval_sets import EvalTask
 
 REQUIRED = ("instruction", "input", "response", "target")
@@ -35,16 +34,8 @@ def load_predictions(path: str | Path) -> list[Prediction]:
     """(task, answer) records of a predictions file; DataError naming file and line otherwise."""
     path = Path(path)
     out: list[Prediction] = []
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
+    for number, r in iter_jsonl(path):
         where = f"{path}:{number}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(r, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(r).__name__}")
         missing = [k for k in REQUIRED if k not in r]
         if missing:
             raise DataError(f"{where}: lacks {missing} of the predictions format "
