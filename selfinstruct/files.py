@@ -17,7 +17,10 @@ from selfinstruct.errors import DataError
 def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]:
     """Records of a JSONL file. A bad line raises DataError naming file and line, except a torn
     last line (no trailing newline) when allow_torn_tail is set: a killed writer leaves those."""
-    path = Path(path)
+    return [r for _, r in _numbered_jsonl(Path(path), allow_torn_tail)]
+
+
+def _numbered_jsonl(path: Path, allow_torn_tail: bool = False) -> list[tuple[str, dict]]:
     records = []
     lines = read_text(path).split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
     for number, line in enumerate(lines, 1):
@@ -31,7 +34,7 @@ def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
+        records.append((f"{path}:{number}", record))
     return records
 
 
@@ -55,6 +58,12 @@ def read_text(path: Path) -> str:
 
 def read_records(path: str | Path) -> list[dict]:
     """Records of a dataset file: JSONL, or a JSON list of objects (Alpaca's format)."""
+    return [r for _, r in read_located_records(path)]
+
+
+def read_located_records(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, record) pairs of a dataset file, where = "FILE:LINE" (JSONL) or "FILE: item N" (a
+    JSON list), for messages about a record's content."""
     path = Path(path)
     text = read_text(path)
     if text.lstrip().startswith("["):
@@ -65,8 +74,8 @@ def read_records(path: str | Path) -> list[dict]:
         for i, record in enumerate(data):
             if not isinstance(record, dict):
                 raise DataError(f"{path}: item {i} of the JSON list is not an object")
-        return data
-    return read_jsonl(path)
+        return [(f"{path}: item {i}", r) for i, r in enumerate(data)]
+    return _numbered_jsonl(path)
 
 
 def dumps(record: Any) -> str:
