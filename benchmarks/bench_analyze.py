@@ -75,7 +75,8 @@ def main() -> None:
               f"({len(sample) / cpu:.0f} per CPU-second)")
         if name.startswith("blis"):
             before = pairs
-    print(f"  same pairs: {'yes' if pairs == before else 'NO'} ({sum(a != b for a, b in zip(pairs, before))} of {len(sample)} differ)")
+    differ = sum(a != b for a, b in zip(pairs, before))
+    print(f"  same pairs: {'yes' if pairs == before else 'NO'} ({differ} of {len(sample)} differ)")
     children = children_cpu()
     _, wall, _ = timed(lambda: vn.pairs(texts, workers=cores))
     share = (children_cpu() - children) / (wall * cores)
@@ -83,8 +84,9 @@ def main() -> None:
     print(f"verb-noun parse, {cores} processes:    {len(texts) / wall:6.0f} instructions/s "
           f"(workers got {share:.0%} of {cores} cores)")
     index = RougeIndex(seeds)
-    _, wall, _ = timed(lambda: [index.scores(t).argmax() for t in texts[:20000]])
-    print(f"ROUGE-L to {len(seeds)} seeds, one text a call (before): {min(len(texts), 20000) / wall:6.0f} instructions/s")
+    some = texts[:20000]
+    _, wall, _ = timed(lambda: [index.scores(t).argmax() for t in some])
+    print(f"ROUGE-L to {len(seeds)} seeds, one text a call (before): {len(some) / wall:6.0f} instructions/s")
     _, wall, _ = timed(lambda: rouge_to_seeds(texts, seeds))
     print(f"ROUGE-L to {len(seeds)} seeds, many-vs-many (now):       {len(texts) / wall:6.0f} instructions/s")
     children = children_cpu()
