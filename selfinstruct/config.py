@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from selfinstruct.errors import ConfigError
 from selfinstruct.evaluation.config import EvaluateConfig
+from selfinstruct.filtering.rouge import TOKENIZERS
 from selfinstruct.training.config import FinetuneConfig
 from selfinstruct.llm import BACKENDS, backend_schema
 from selfinstruct.llm.base import Sampling, check
@@ -89,6 +90,9 @@ class FiltersConfig:
     name: str = MISSING
     rouge_threshold: float = 0.7  # reject when ROUGE-L F1 to any pool instruction is above this
     top_k_similar: int = 10
+    # ROUGE-L tokens: rouge_score (the paper's: [a-z0-9] runs, so other scripts score 0) | unicode
+    # (words of any script, Chinese/Japanese/Korean per character): for non-English seed sets
+    tokenizer: str = "rouge_score"
     min_words: int = 4  # fewer words than this: rejected (paper: 3 or fewer)
     max_words: int = 150
     blacklist: list[str] = field(default_factory=list)
@@ -98,6 +102,9 @@ class FiltersConfig:
     discard_truncated_response: bool = True  # drop a whole instruction response cut by max_tokens
     # empty, echoed, non-English or looping output: on in filters=default, off in filters=paper
     reject_degenerate: bool = True
+    # exact duplicates (case and whitespace aside) of a pool instruction, in any script: on in
+    # filters=default, off in filters=paper (ROUGE-L rejects the ASCII ones there, as rouge)
+    reject_duplicates: bool = True
     # instance filters (DESIGN.md step 6)
     max_instances_per_task: int = 5
     drop_truncated_last_instance: bool = True
@@ -113,6 +120,8 @@ class FiltersConfig:
         check(f.min_words >= 0, "filters.min_words", f"must be >= 0, got {f.min_words}")
         check(f.max_words >= f.min_words, "filters.max_words",
               f"must be >= filters.min_words ({f.min_words}), got {f.max_words}")
+        check(f.tokenizer in TOKENIZERS, "filters.tokenizer",
+              f"must be one of {', '.join(TOKENIZERS)}, got {f.tokenizer!r}")
         check(f.top_k_similar >= 0, "filters.top_k_similar", f"must be >= 0, got {f.top_k_similar}")
         check(f.max_instances_per_task >= 1, "filters.max_instances_per_task",
               f"must be >= 1, got {f.max_instances_per_task}")

@@ -61,6 +61,12 @@ def read_text(path: Path) -> str:
 
 def read_records(path: str | Path) -> list[dict]:
     """Records of a dataset file: JSONL, or a JSON list of objects (Alpaca's format)."""
+    return [r for _, r in read_located_records(path)]
+
+
+def read_located_records(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, record) pairs of a dataset file, where = "FILE:LINE" (JSONL) or "FILE: item N" (a
+    JSON list), for messages about a record's content."""
     path = Path(path)
     text = read_text(path)
     if text.lstrip().startswith("["):
@@ -71,8 +77,8 @@ def read_records(path: str | Path) -> list[dict]:
         for i, record in enumerate(data):
             if not isinstance(record, dict):
                 raise DataError(f"{path}: item {i} of the JSON list is not an object")
-        return data
-    return read_jsonl(path)
+        return [(f"{path}: item {i}", r) for i, r in enumerate(data)]
+    return [(f"{path}:{number}", record) for number, record in iter_jsonl(path, text)]
 
 
 def dumps(record: Any) -> str:

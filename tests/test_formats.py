@@ -111,7 +111,7 @@ def test_unknown_format_names_the_file_and_what_was_expected(tmp_path):
 def test_a_record_lacking_the_detected_format_fails_naming_it(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n{"prompt": "x", "completion": "y"}\n')
-    with pytest.raises(DataError, match=r"record 2 lacks \['instruction', 'output'\]"):
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: the record lacks \['instruction', 'output'\]"):
         load_dataset(path)
 
 

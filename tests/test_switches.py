@@ -71,7 +71,7 @@ def test_filters_default_is_the_default_and_is_paper_plus_degenerate_rules():
     default, paper = compose([]).filters, compose(["filters=paper"]).filters
     assert default.name == "default" and default.reject_degenerate and not paper.reject_degenerate
     differ = {k for k in OmegaConf.to_container(default) if default[k] != paper[k]}
-    assert differ == {"name", "reject_degenerate"}
+    assert differ == {"name", "reject_degenerate", "reject_duplicates"}
     assert compose(["prompt=alpaca"]).filters.name == "alpaca"
     assert not compose(["filters=none"]).filters.reject_degenerate
 

@@ -15,12 +15,13 @@ and Stanford Alpaca JSON lists (regen.json, alpaca_data.json).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from selfinstruct.files import DataError, read_records
+from selfinstruct.files import DataError, read_located_records
 
 
 def record(instruction: str, input: Optional[str] = None, output: Optional[str] = None,
@@ -154,26 +155,46 @@ def _expected() -> str:
     return "; ".join(f"{f.description} [{', '.join(f.keys)}]" for f in FORMATS)
 
 
+_TEXT_FIELDS = ("instruction", "prompt", "completion")  # what every reader of a record strips
+
+
+def check_text_fields(where: str, r: dict, keys: tuple[str, ...]) -> None:
+    """DataError naming the record (FILE:LINE) unless its text fields among `keys` are strings."""
+    for key in keys:
+        if key in _TEXT_FIELDS and not isinstance(r.get(key), str):
+            raise DataError(f"{where}: field '{key}' is {json.dumps(r.get(key))[:40]}, not a string")
+
+
+def load_instructions(path: str | Path) -> list[dict]:
+    """The raw records of a file of instructions (any format with a string `instruction` field),
+    for `stages=[dedup] input=PATH`."""
+    located = read_located_records(path)
+    for where, r in located:
+        check_text_fields(where, r, ("instruction",))
+    return [r for _, r in located]
+
+
 def load_dataset(path: str | Path) -> Dataset:
     """The normalised records of a dataset file; DataError naming the file otherwise."""
     path = Path(path)
-    raw = read_records(path)
-    if not raw:
+    located = read_located_records(path)
+    if not located:
         raise DataError(f"{path}: no records")
-    fmt = detect_format(raw[0])
+    fmt = detect_format(located[0][1])
     if fmt is None:
         raise DataError(f"{path}: unknown dataset format: the first record has fields "
-                        f"{sorted(raw[0])}; expected one of: {_expected()}")
+                        f"{sorted(located[0][1])}; expected one of: {_expected()}")
     records: list[dict] = []
-    for number, r in enumerate(raw, 1):
+    for where, r in located:
         missing = [k for k in fmt.keys if k not in r]
         if missing:
-            raise DataError(f"{path}: record {number} lacks {missing} of the {fmt.name} format "
+            raise DataError(f"{where}: the record lacks {missing} of the {fmt.name} format "
                             f"({fmt.description}) detected from the first record")
+        check_text_fields(where, r, fmt.keys)
         try:
             parsed = fmt.parse(r)
-        except (AttributeError, TypeError) as e:  # a field of the wrong type, e.g. a number
-            raise DataError(f"{path}: record {number}: malformed {fmt.name} record ({e})") from None
+        except (AttributeError, TypeError) as e:  # another field of the wrong type, e.g. a number
+            raise DataError(f"{where}: malformed {fmt.name} record ({e})") from None
         similar = r.get("most_similar", r.get("most_similar_instructions"))
         if isinstance(similar, dict):  # the generator's nearest pool neighbours, for sample tables
             for p in parsed:

@@ -5,10 +5,11 @@ the pool (seeds + everything accepted so far) is <= 0.7. The reference code scor
 against the whole pool in pure Python with `rouge_score` (~2e4 pairs/s), which makes the filter
 quadratic *and* slow. This module computes the very same float64 numbers, far faster:
 
-* Tokens are the ones of rouge-score's default tokenizer (no stemming). Each distinct token gets an
-  integer id, and each text becomes a string with one code point per token. ROUGE-L's LCS over
-  tokens is then the character LCS of those strings, which `rapidfuzz.process.cdist` computes with
-  a bit-parallel (SIMD) algorithm for many pairs at once.
+* Tokens are the ones of rouge-score's default tokenizer (no stemming), or with tokenizer="unicode"
+  words of any script (see `tokenize`). Each distinct token gets an integer id, and each text
+  becomes a string with one code point per token. ROUGE-L's LCS over tokens is then the character
+  LCS of those strings, which `rapidfuzz.process.cdist` computes with a bit-parallel (SIMD)
+  algorithm for many pairs at once.
 * F is computed from (lcs, len_prediction, len_target) in numpy float64 with the exact operation
   order of rouge-score (`p = lcs/len_pred`, `r = lcs/len_target`, `f = 2*p*r/(p+r)`, 0 when lcs is
   0), so every score is bit-identical to `RougeScorer(["rougeL"]).score(target, prediction)`.
@@ -25,6 +26,10 @@ quadratic *and* slow. This module computes the very same float64 numbers, far fa
 
 Ties in `most_similar` go to the earlier pool entry; equal pool texts share one dict key, so the
 dict can hold fewer than top_k entries when the pool has duplicates.
+
+`filter(..., duplicates=True)` also rejects exact duplicates (equal after lowercasing and collapsing
+whitespace) of a pool text or of an earlier candidate, whatever the script: rouge-score's tokens
+are [a-z0-9] only, so two equal Chinese texts score ROUGE-L 0 and would both pass.
 """
 
 from __future__ import annotations
@@ -32,24 +37,36 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
+import regex
 from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cdist
 
-__all__ = ["tokenize", "rouge_l_f", "Decision", "RougeIndex"]
+__all__ = ["TOKENIZERS", "tokenize", "duplicate_key", "rouge_l_f", "Decision", "RougeIndex"]
 
 # rouge_score/tokenize.py: text.lower(), re.sub(r"[^a-z0-9]+", " "), split on whitespace, keep
 # tokens matching ^[a-z0-9]+$. After the substitution the string is runs of [a-z0-9] separated by
 # single spaces, so this is exactly findall over the lowercased text. Lowercasing happens first,
 # and it matters: "İ" (U+0130) lowercases to "i" + U+0307 and the Kelvin sign (U+212A) to "k".
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
+# tokenizer="unicode": lowercased word runs of any script (\w of the regex module includes combining
+# marks, so Devanagari or Thai words stay whole, unlike the stdlib's \w), and one token per
+# character for scripts written without spaces between words (Han, Hiragana, Katakana, Hangul).
+_PER_CHAR = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+_UNICODE_RE = regex.compile(rf"[{_PER_CHAR}]|[\w--[{_PER_CHAR}]]+", regex.V1)
+TOKENIZERS = {"rouge_score": _TOKEN_RE.findall, "unicode": _UNICODE_RE.findall}
 
 
-def tokenize(text: str) -> list[str]:
-    """rouge-score's default tokenizer without stemming (lowercase, [a-z0-9] runs)."""
-    return _TOKEN_RE.findall(text.lower())
+def tokenize(text: str, tokenizer: str = "rouge_score") -> list[str]:
+    """rouge-score's default tokenizer without stemming (lowercase, [a-z0-9] runs), or "unicode"."""
+    return TOKENIZERS[tokenizer](text.lower())
+
+
+def duplicate_key(text: str) -> str:
+    """What two texts share when they are exact duplicates: the text lowercased, whitespace collapsed."""
+    return " ".join(text.lower().split())
 
 
 def _f_measure(lcs: np.ndarray, len_pred, len_target) -> np.ndarray:
@@ -76,10 +93,10 @@ def _f_scalar(lcs: int, len_pred: int, len_target: int) -> float:
     return 2 * p * r / (p + r)
 
 
-def rouge_l_f(a: str, b: str) -> float:
+def rouge_l_f(a: str, b: str, tokenizer: str = "rouge_score") -> float:
     """ROUGE-L F1 of two texts; equals RougeScorer(["rougeL"]).score(a, b)["rougeL"].fmeasure
     bit for bit (and score(b, a): F is bit-symmetric, see the module docstring)."""
-    ta, tb = tokenize(a), tokenize(b)
+    ta, tb = tokenize(a, tokenizer), tokenize(b, tokenizer)
     if not ta or not tb:
         return 0.0
     ids: dict[str, str] = {}
@@ -108,6 +125,7 @@ class Decision:
     accepted: bool
     max_score: float  # max ROUGE-L F vs the pool (0.0 for an empty pool)
     most_similar: dict[str, float]  # up to top_k pool texts -> score, highest first
+    duplicate_of: Optional[str] = None  # the pool text or earlier candidate it duplicates (not scored)
 
 
 # Pool length buckets (token counts): exact lengths up to 12, then ~15% wider each; the pruning
@@ -225,13 +243,15 @@ class _TopK:
 class RougeIndex:
     """A growing pool of texts with exact ROUGE-L F queries and the SELF-INSTRUCT novelty filter.
 
-    workers: threads for rapidfuzz's cdist (-1 = all cores).
+    workers: threads for rapidfuzz's cdist (-1 = all cores). tokenizer: a TOKENIZERS name.
     """
 
-    def __init__(self, texts: Iterable[str] = (), *, workers: int = 1):
+    def __init__(self, texts: Iterable[str] = (), *, workers: int = 1, tokenizer: str = "rouge_score"):
         self.workers = workers
+        self._tokens = TOKENIZERS[tokenizer]
         self._chars: dict[str, str] = {}  # token -> code point
         self._texts: list[str] = []
+        self._keys: dict[str, str] = {}  # duplicate_key -> the first pool text with it
         self._enc: list[str] = []  # encoded texts, pool order
         self._lens: list[int] = []
         self._buckets = [_Bucket(int(_EDGES[b]), int(_EDGES[b + 1]) - 1) for b in range(len(_EDGES) - 1)]
@@ -245,7 +265,7 @@ class RougeIndex:
     def _encode(self, text: str) -> str:
         chars = self._chars
         out = []
-        for tok in tokenize(text):
+        for tok in self._tokens(text.lower()):
             c = chars.get(tok)
             if c is None:
                 c = chars[tok] = _code_point(len(chars))
@@ -255,6 +275,7 @@ class RougeIndex:
     def _append(self, text: str, enc: str) -> None:
         i = len(self._texts)
         self._texts.append(text)
+        self._keys.setdefault(duplicate_key(text), text)
         self._enc.append(enc)
         self._lens.append(len(enc))
         self._buckets[bisect.bisect_right(_EDGE_LIST, len(enc)) - 1].append(enc, i)
@@ -278,6 +299,16 @@ class RougeIndex:
             chunk = self._enc[start:start + _CELLS]
             lcs[start:start + len(chunk)] = self._cdist([s], chunk)[0]
         return _f_measure(lcs, len(s), n)
+
+    def score_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """ROUGE-L F of each text (prediction, rows) against every pool entry (target, columns), in
+        one many-vs-many LCS call: for many texts against a small pool (e.g. the seeds)."""
+        enc = [self._encode(t) for t in texts]
+        if not enc or not self._enc:
+            return np.zeros((len(enc), len(self._enc)))
+        m = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+        lcs = self._cdist(enc, self._enc) if m.max() > 0 else np.zeros((len(enc), len(self._enc)), np.int32)
+        return _f_measure(lcs, m[:, None], np.asarray(self._lens, dtype=np.int64)[None, :])
 
     def mean_score(self, text: str, size: int) -> float:
         """Mean ROUGE-L F of `text` against the first `size` pool entries: the original code's
@@ -333,14 +364,34 @@ class RougeIndex:
             ok = f >= tau[rr]
             top.merge(rows[rr[ok]], f[ok], idx[cc[ok]])
 
-    def filter(self, candidates: Sequence[str], threshold: float, top_k: int = 10) -> list[Decision]:
+    def filter(self, candidates: Sequence[str], threshold: float, top_k: int = 10, *,
+               duplicates: bool = False) -> list[Decision]:
         """Paper semantics: candidates in order; each is scored against the pool plus every candidate
         accepted before it in this call; rejected when max F > threshold (strict: F == threshold is
         kept); accepted ones are added to the pool. threshold >= 1.0 rejects nothing (but scores are
-        still computed)."""
+        still computed). duplicates: first reject (unscored, max_score nan) every exact duplicate of
+        a pool text or of an earlier candidate of this call (module docstring)."""
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         candidates = list(candidates)
+        if not duplicates:
+            return self._filter(candidates, threshold, top_k)
+        out: list[Optional[Decision]] = [None] * len(candidates)
+        first: dict[str, str] = {}  # key -> the earlier candidate with it (scored, maybe rejected)
+        scored = []
+        for i, text in enumerate(candidates):
+            key = duplicate_key(text)
+            twin = self._keys.get(key, first.get(key))
+            if twin is None:
+                first[key] = text
+                scored.append(i)
+            else:
+                out[i] = Decision(False, float("nan"), {}, duplicate_of=twin)
+        for i, decision in zip(scored, self._filter([candidates[i] for i in scored], threshold, top_k)):
+            out[i] = decision
+        return out
+
+    def _filter(self, candidates: list[str], threshold: float, top_k: int) -> list[Decision]:
         out: list[Decision] = []
         for start in range(0, len(candidates), _BLOCK):
             out.extend(self._filter_block(list(candidates[start:start + _BLOCK]), threshold, top_k))

@@ -18,9 +18,16 @@ def _blacklist_pattern(words: tuple[str, ...]) -> Optional[re.Pattern]:
     return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
 
 
+EMPTY = ("empty", "no text")
+
+
 def check_instruction(text: str, f) -> Optional[tuple[str, str]]:
     """(rule, detail) of the first rule the instruction breaks, or None if it passes them all."""
     words = len(text.split())
+    # An empty instruction is never kept. Under the paper's rules alone (reject_degenerate off) it
+    # is too_short, as in the original code (0 words <= 3), unless min_words is 0.
+    if not words and (f.reject_degenerate or f.min_words == 0):
+        return EMPTY
     if words < f.min_words:
         return "too_short", f"{words} words < {f.min_words}"
     if words > f.max_words:
@@ -41,8 +48,12 @@ def check_instruction(text: str, f) -> Optional[tuple[str, str]]:
 
 
 def novelty_record(candidate: str, decision, threshold: float) -> tuple[bool, dict]:
-    """(accepted, record) for a ROUGE-L decision: an instructions.jsonl record when accepted, a
-    rejected.jsonl record (rule "rouge", naming the closest instruction) when not."""
+    """(accepted, record) for a RougeIndex decision: an instructions.jsonl record when accepted, a
+    rejected.jsonl record (rule "duplicate" or "rouge", naming the instruction it is too close to)
+    when not."""
+    if decision.duplicate_of is not None:
+        return False, {"candidate": candidate, "rule": "duplicate",
+                       "detail": f"the same text (ignoring case and whitespace) as: {decision.duplicate_of}"}
     if decision.accepted:
         return True, {"instruction": candidate, "max_rouge": decision.max_score,
                       "most_similar": decision.most_similar}

@@ -58,7 +58,7 @@ def run_instructions(ctx) -> None:
     start = state.get("position", 0)  # responses applied by earlier invocations
     known = list(state.get("pool_sizes", []))
     base = start - len(known)
-    index = RougeIndex([t.instruction for t in ctx.seeds] + machine)
+    index = RougeIndex([t.instruction for t in ctx.seeds] + machine, tokenizer=cfg.filters.tokenizer)
     filters = OmegaConf.to_object(cfg.filters)  # a plain object: read for every candidate
     accepted_buffer, rejected_buffer, failed = [], [], []
     prompts: dict[str, tuple[str, int]] = {}  # request id -> (prompt, first item number)
@@ -161,7 +161,7 @@ def filter_response(completion, first: int, request_id: str, index: RougeIndex, 
             fields.append({key: value for key, value in task.items() if key != "instruction"})
     kept = []
     pool_size = len(index)
-    decisions = index.filter(passing, f.rouge_threshold, f.top_k_similar)
+    decisions = index.filter(passing, f.rouge_threshold, f.top_k_similar, duplicates=f.reject_duplicates)
     # What the original code keeps with each instruction: the mean ROUGE-L to the pool it entered,
     # and the raw response (the prompt too with prompt.keep_prompt).
     raw = {"response": completion.text, "finish_reason": completion.finish_reason,
