@@ -36,9 +36,12 @@ def summary_lines(ctx, stats: dict[str, Any]) -> list[str]:
     elif "eval/predictions/rougeL" in stats:
         lines.append(f"  eval ROUGE-L of the predictions on {stats['eval/num_tasks']} tasks: "
                      f"{stats['eval/predictions/rougeL']:.4f} -> {run.eval.name}")
-    if "finetune/final_loss" in stats:
-        lines.append(f"  finetune: loss {stats.get('finetune/first_loss', float('nan')):.3f} -> "
-                     f"{stats['finetune/final_loss']:.3f} in {stats.get('cost/finetune/steps', '?')} steps "
+    if "finetune/last_epoch_loss" in stats:
+        lines.append(f"  finetune: mean loss {stats['finetune/first_epoch_loss']:.3f} (first epoch) -> "
+                     f"{stats['finetune/last_epoch_loss']:.3f} (last) in {stats.get('cost/finetune/steps', '?')} "
+                     f"steps -> {run.finetune_dir.name}/")
+    elif stats.get("finetune/final_loss") is not None:
+        lines.append(f"  finetune: final loss {stats['finetune/final_loss']:.3f} "
                      f"-> {run.finetune_dir.name}/")
     times = [(s, stats[f"time/{s}/seconds"]) for s in cfg.stages if f"time/{s}/seconds" in stats]
     if times:

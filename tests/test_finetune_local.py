@@ -509,3 +509,15 @@ def test_gguf_adapter_loads_in_llamacpp_and_moves_it_like_the_peft_model(tmp_pat
     assert tuned_text.startswith(" purple giraffe") and not base_text.startswith(" purple giraffe")
     answer, = TransformersAnswerer(hf_dir, out / "adapter", device="cpu").answer([pair["prompt"]], max_new_tokens=6)
     assert answer.startswith(" purple giraffe")
+
+
+def test_epoch_losses_average_whole_epochs_not_single_batches():
+    from selfinstruct.training.local import epoch_losses
+
+    log = [{"epoch": (i + 1) / 4, "loss": loss} for i, loss in enumerate([4, 2, 3, 3, 1, 9, 1, 1])]
+    assert epoch_losses(log) == {"finetune/first_epoch_loss": 3.0, "finetune/last_epoch_loss": 3.0}
+    three = log + [{"epoch": 2 + (i + 1) / 4, "loss": 0.5} for i in range(4)]
+    assert epoch_losses(three)["finetune/last_epoch_loss"] == 0.5  # the last epoch only
+    one = [{"epoch": (i + 1) / 4, "loss": loss} for i, loss in enumerate([4, 2, 1, 1])]
+    assert epoch_losses(one) == {"finetune/first_epoch_loss": 3.0, "finetune/last_epoch_loss": 1.0}
+    assert epoch_losses(one[:1]) == {}

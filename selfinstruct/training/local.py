@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -62,6 +63,22 @@ def completion_loss_sum(model: Any, input_ids: Any, attention_mask: Any, labels:
         raise ValueError(f"{type(model).__name__} ignores a boolean logits_to_keep mask (returned logits "
                          f"of shape {tuple(outputs.logits.shape)}); its forward predates transformers 5")
     return F.cross_entropy(outputs.logits.float(), targets, reduction="sum"), int(targets.numel())
+
+
+def epoch_losses(records: list[dict]) -> dict:
+    """Mean loss of the first and of the last epoch (of the first and second half with one epoch or
+    less): one step's loss is one batch's, too noisy to compare the start with the end."""
+    if len(records) < 2:
+        return {}
+    last_epoch = math.ceil(records[-1]["epoch"] - 1e-9)
+    if last_epoch >= 2:
+        first = [r["loss"] for r in records if r["epoch"] <= 1 + 1e-9]
+        last = [r["loss"] for r in records if r["epoch"] > last_epoch - 1 + 1e-9]
+    else:
+        half = len(records) // 2
+        first, last = [r["loss"] for r in records[:half]], [r["loss"] for r in records[half:]]
+    return {"finetune/first_epoch_loss": round(sum(first) / len(first), 4),
+            "finetune/last_epoch_loss": round(sum(last) / len(last), 4)}
 
 
 def _peak_rss_mb() -> float:
@@ -414,6 +431,7 @@ def finetune_local(cfg: Any, pairs: Sequence[dict], output_dir: Path, cache_dir:
         "cost/finetune/peak_rss_mb": round(_peak_rss_mb(), 1),
         "finetune/first_loss": records[0]["loss"] if records else None,
         "finetune/final_loss": records[-1]["loss"] if records else None,
+        **epoch_losses(records),
         "finetune/num_examples": len(examples),
         "finetune/num_truncated": num_truncated,
         "finetune/trainable_params": trainable,
