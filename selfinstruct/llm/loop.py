@@ -11,6 +11,12 @@ A request may depend on earlier results (the bootstrap pool of the instructions 
 asks `source(k)` for request k only when fewer than `window` requests are outstanding, that is
 once the results of requests 0..k-window have been applied, and the source decides what request k
 sees from that fixed rule (see generation/instructions.py), not from how many answers came back.
+
+The window may exceed what the backend runs at once (llm.concurrency): the OpenAI backend holds the
+rest at its gate, so one slow answer at the head does not stall the server. With `apply_many`,
+the result waited for and the ready results right behind it are applied in one call (the
+instructions stage filters them in one batched ROUGE pass); which results form a group depends on
+timing, so apply_many must give what applying them one by one gives.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
                  source: Callable[[int], Optional[Request]],
                  apply: Callable[[Request, Completion], None], *, window: int,
                  commit: Callable[[], None], commit_every: int,
-                 bar: Optional[tqdm] = None) -> int:
+                 bar: Optional[tqdm] = None,
+                 apply_many: Optional[Callable[[list[tuple[Request, Completion]]], None]] = None) -> int:
     """Send source(0), source(1), ... (None ends the stream) and apply each completion in order;
     return the number of results applied. `apply` may tell the source to end (it returns None
     from then on); requests already in flight are still applied, so `apply` sees every result.
@@ -43,12 +50,15 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
     (after the backend's retries), RunError says so with the first error, after the commit: the
     run's state is kept for a rerun. A stage whose first `2 * window` (at least 8) requests all
     failed stops there: the rest would fail alike (a wrong model name, a server that hangs).
-    params is one Sampling for all requests, or a function of the request."""
+    params is one Sampling for all requests, or a function of the request. apply_many, if given,
+    replaces apply: it gets consecutive results in order (see the module docstring)."""
     outstanding: deque = deque()
     started = time.perf_counter()
     applied = since_commit = failed = 0
     first_error = None
     exhausted = stopped_early = False
+    # all-failures stop: after a couple of rounds of what runs at once, not of the whole window
+    fail_limit = max(8, 2 * min(window, getattr(llm, "concurrency", None) or window))
     try:
         while True:
             while not exhausted and len(outstanding) < window:
@@ -60,17 +70,24 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
                     outstanding.append(llm.submit(request, sampling, stage=stage))
             if not outstanding:
                 break
-            ticket = outstanding.popleft()
-            completion = ticket.result()
-            if not completion.ok:
-                failed += 1
-                first_error = first_error or completion.error
-            apply(ticket.request, completion)
-            applied += 1
-            since_commit += 1
+            group = [outstanding.popleft()]
+            if apply_many is not None:
+                while outstanding and len(group) < commit_every and outstanding[0].ready():
+                    group.append(outstanding.popleft())
+            results = [(ticket.request, ticket.result()) for ticket in group]
+            for _, completion in results:
+                if not completion.ok:
+                    failed += 1
+                    first_error = first_error or completion.error
+            if apply_many is not None:
+                apply_many(results)
+            else:
+                apply(*results[0])
+            applied += len(results)
+            since_commit += len(results)
             if bar is not None:
-                bar.update(1)
-            if failed == applied >= max(8, 2 * window):
+                bar.update(len(results))
+            if failed == applied >= fail_limit:
                 stopped_early = True  # nothing but failures so far: stop (the rest is cancelled)
                 break
             if since_commit >= commit_every:

@@ -151,6 +151,7 @@ class OpenAIConfig(BackendConfig):
 @dataclass
 class OpenAILLM(LLM):
     name: ClassVar[str] = "openai"
+    queues_ahead: ClassVar[bool] = True  # the semaphore in _one keeps `concurrency` in flight
     base_url: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
     concurrency: int = OpenAIConfig.concurrency
