@@ -120,17 +120,18 @@ def run_instructions(ctx) -> None:
         outcomes = filter_responses(todo, index, filters, style, limit=max(0, target - len(machine)),
                                     timer=rouge_seconds)
         for (request, completion), outcome in zip(results, outcomes):
-            if outcome is not None:
-                kept, rejected = outcome
-                if not completion.ok:
-                    failed.append(request.id)
-                for record in kept[: target - len(machine)]:
-                    record["id"] = f"machine_task_{len(machine)}"
-                    machine.append(record["instruction"])
-                    accepted_buffer.append(record)
-                rejected_buffer.extend(rejected)
-                rules.update(r["rule"] for r in rejected)
-                progress["fruitless"] = 0 if kept else progress["fruitless"] + 1
+            if outcome is None:
+                break  # after the response that reached the target: as if never sent
+            kept, rejected = outcome
+            if not completion.ok:
+                failed.append(request.id)
+            for record in kept[: target - len(machine)]:
+                record["id"] = f"machine_task_{len(machine)}"
+                machine.append(record["instruction"])
+                accepted_buffer.append(record)
+            rejected_buffer.extend(rejected)
+            rules.update(r["rule"] for r in rejected)
+            progress["fruitless"] = 0 if kept else progress["fruitless"] + 1
             known.append(len(machine))
             if progress["stop_at"] is None and (len(machine) >= target
                                                 or progress["fruitless"] >= MAX_FRUITLESS_REQUESTS):
@@ -151,8 +152,12 @@ def run_instructions(ctx) -> None:
 
     with bar:
         sampling = style.sampling("instructions", Sampling.from_config(cfg.sampling.instructions))
+        # Once the target is reached the responses still outstanding are not needed: they are
+        # cancelled (most wait at the backend's gate, unsent) and the run's position stops at
+        # the response that reached it, so how many were in flight never shows.
         run_requests(ctx.llm, "instructions", sampling, source, lambda r, c: apply_many([(r, c)]),
-                     window=lag, commit=commit, commit_every=commit_every, apply_many=apply_many)
+                     window=lag, commit=commit, commit_every=commit_every, apply_many=apply_many,
+                     finished=lambda: len(machine) >= target)
     fruitless = progress["fruitless"]
     if len(machine) < target and fruitless >= MAX_FRUITLESS_REQUESTS:
         summary = ", ".join(f"{rule} {n}" for rule, n in rules.most_common())

@@ -40,7 +40,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
                  apply: Callable[[Request, Completion], None], *, window: int,
                  commit: Callable[[], None], commit_every: int,
                  bar: Optional[tqdm] = None,
-                 apply_many: Optional[Callable[[list[tuple[Request, Completion]]], None]] = None) -> int:
+                 apply_many: Optional[Callable[[list[tuple[Request, Completion]]], None]] = None,
+                 finished: Optional[Callable[[], bool]] = None) -> int:
     """Send source(0), source(1), ... (None ends the stream) and apply each completion in order;
     return the number of results applied. `apply` may tell the source to end (it returns None
     from then on); requests already in flight are still applied, so `apply` sees every result.
@@ -51,7 +52,9 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
     run's state is kept for a rerun. A stage whose first `2 * window` (at least 8) requests all
     failed stops there: the rest would fail alike (a wrong model name, a server that hangs).
     params is one Sampling for all requests, or a function of the request. apply_many, if given,
-    replaces apply: it gets consecutive results in order (see the module docstring)."""
+    replaces apply: it gets consecutive results in order (see the module docstring). finished, if
+    given, is asked after each apply: True cancels the requests still outstanding (unsent ones are
+    never sent) and ends the loop, for results the stage would ignore anyway."""
     outstanding: deque = deque()
     started = time.perf_counter()
     applied = since_commit = failed = 0
@@ -87,6 +90,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
             since_commit += len(results)
             if bar is not None:
                 bar.update(len(results))
+            if finished is not None and finished():
+                break  # the finally cancels what is outstanding
             if failed == applied >= fail_limit:
                 stopped_early = True  # nothing but failures so far: stop (the rest is cancelled)
                 break
