@@ -109,3 +109,16 @@ def test_kill_9_with_a_window_larger_than_concurrency_resumes_exactly(tmp_path):
     assert final.returncode == 0, final.stderr[-3000:]
     for name in FILES:
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_prefix_means_are_mean_score_bit_for_bit():
+    from selfinstruct.datasets.seeds import load_seeds
+    from selfinstruct.filtering.rouge import RougeIndex
+    from selfinstruct.llm.fake import fake_instruction
+
+    rng = random.Random(3)
+    texts = [t.instruction for t in load_seeds()] + [fake_instruction(rng) for _ in range(600)]
+    texts += ["", "...", "a b c"] + [novel_answer(f"{i}. x 9.", {}) for i in range(50)]
+    index = RougeIndex(texts)
+    positions = list(range(0, len(texts), 3)) + [776, 777, 778, len(texts) - 1, 0]
+    assert index.prefix_means(positions) == [index.mean_score(texts[p], p) for p in positions]

@@ -411,11 +411,17 @@ class RougeIndex:
         for start in range(0, len(todo), rows):
             chunk = todo[start:start + rows]
             queries = [self._enc[p] for _, p in chunk]
-            if any(queries):
-                lcs = self._cdist(queries, self._enc[:max(p for _, p in chunk)])
-            else:
-                lcs = np.zeros((len(chunk), 0), dtype=np.int32)
+            width = max(p for _, p in chunk)
+            lcs = self._cdist(queries, self._enc[:width])
+            # F depends only on (lcs, m, n): a table per query length m, made with the same float64
+            # operations (so the same floats), then looked up, costs far less than dividing per pair
+            tables: dict[int, np.ndarray] = {}
+            longest = int(n[:width].max(initial=0))
             for row, (i, p) in enumerate(chunk):
-                if queries[row]:  # an empty text scores 0 against everything
-                    out[i] = float(np.mean(_f_measure(lcs[row, :p], self._lens[p], n[:p])))
+                m = self._lens[p]
+                table = tables.get(m)
+                if table is None:
+                    grid = np.broadcast_to(np.arange(m + 1, dtype=np.int64), (longest + 1, m + 1))
+                    table = tables[m] = _f_measure(grid, m, np.arange(longest + 1)[:, None])
+                out[i] = float(np.mean(table[n[:p], lcs[row, :p]]))  # pool order, as scores()[:p]
         return out
