@@ -49,8 +49,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
     to the response cache; an exception (a fatal backend error, Ctrl-C) skips the commit of the
     results since the last one, which the next run asks for again. When every request failed
     (after the backend's retries), RunError says so with the first error, after the commit: the
-    run's state is kept for a rerun. A stage whose first `2 * window` (at least 8) requests all
-    failed stops there: the rest would fail alike (a wrong model name, a server that hangs).
+    run's state is kept for a rerun. A stage whose first `2 * min(window, llm.concurrency)` (at
+    least 8) requests all failed stops there: the rest would fail alike (a wrong model name, a server that hangs).
     params is one Sampling for all requests, or a function of the request. apply_many, if given,
     replaces apply: it gets consecutive results in order (see the module docstring). finished, if
     given, is asked after each apply: True cancels the requests still outstanding (unsent ones are
@@ -106,7 +106,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
             ticket.cancel()
         llm.stage_usage(stage).seconds += time.perf_counter() - started
     if applied and failed == applied:
-        which = f"the first {applied} requests all failed, so it stopped" if stopped_early \
+        # (a group of ready results may pass fail_limit: the first fail_limit did fail)
+        which = f"the first {fail_limit} requests all failed, so it stopped" if stopped_early \
             else f"all {applied} requests failed"
         raise RunError(f"{stage}: {which}; the first error: {first_error}. What was done before is kept: "
                        "fix the cause and rerun the same command to go on")
