@@ -151,6 +151,11 @@ class Ticket:
         """Would result() return without waiting?"""
         return self.completion is not None or self.pending.done()
 
+    def sent(self) -> bool:
+        """Has the request reached the backend (so cancelling it would not save its cost)?"""
+        sent = getattr(self.pending, "sent", None)
+        return self.completion is not None or (sent() if sent is not None else self.pending.done())
+
     def cancel(self) -> None:
         cancel = getattr(self.pending, "cancel", None)
         if self.completion is None and cancel is not None:

@@ -91,7 +91,12 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
             if bar is not None:
                 bar.update(len(results))
             if finished is not None and finished():
-                break  # the finally cancels what is outstanding
+                # what the backend already runs costs anyway: wait for it, so it is counted (and
+                # cached, for a longer run later); the finally cancels the rest, unsent
+                for ticket in outstanding:
+                    if ticket.sent():
+                        ticket.result()
+                break
             if failed == applied >= fail_limit:
                 stopped_early = True  # nothing but failures so far: stop (the rest is cancelled)
                 break
