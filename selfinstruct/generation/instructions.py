@@ -157,7 +157,10 @@ def run_instructions(ctx) -> None:
         # the response that reached it, so how many were in flight never shows.
         run_requests(ctx.llm, "instructions", sampling, source, lambda r, c: apply_many([(r, c)]),
                      window=lag, commit=commit, commit_every=commit_every, apply_many=apply_many,
-                     finished=lambda: len(machine) >= target)
+                     finished=lambda: len(machine) >= target,
+                     # no more ahead than the rest of the target may need (a response adds up to
+                     # 8): sends are held back, never skipped, so this saves cost, not content
+                     ahead=lambda: max(cfg.llm.concurrency, -(-(target - len(machine)) // 8)))
     fruitless = progress["fruitless"]
     if len(machine) < target and fruitless >= MAX_FRUITLESS_REQUESTS:
         summary = ", ".join(f"{rule} {n}" for rule, n in rules.most_common())

@@ -41,7 +41,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
                  commit: Callable[[], None], commit_every: int,
                  bar: Optional[tqdm] = None,
                  apply_many: Optional[Callable[[list[tuple[Request, Completion]]], None]] = None,
-                 finished: Optional[Callable[[], bool]] = None) -> int:
+                 finished: Optional[Callable[[], bool]] = None,
+                 ahead: Optional[Callable[[], int]] = None) -> int:
     """Send source(0), source(1), ... (None ends the stream) and apply each completion in order;
     return the number of results applied. `apply` may tell the source to end (it returns None
     from then on); requests already in flight are still applied, so `apply` sees every result.
@@ -54,7 +55,9 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
     params is one Sampling for all requests, or a function of the request. apply_many, if given,
     replaces apply: it gets consecutive results in order (see the module docstring). finished, if
     given, is asked after each apply: True cancels the requests still outstanding (unsent ones are
-    never sent) and ends the loop, for results the stage would ignore anyway."""
+    never sent) and ends the loop, for results the stage would ignore anyway. ahead, if given,
+    bounds the outstanding requests below the window for now (the instructions stage: about what
+    the target still needs); it only delays sends, so it may depend on timing."""
     outstanding: deque = deque()
     started = time.perf_counter()
     applied = since_commit = failed = 0
@@ -64,7 +67,8 @@ def run_requests(llm: LLM, stage: str, params: Sampling | Callable[[Request], Sa
     fail_limit = max(8, 2 * min(window, getattr(llm, "concurrency", None) or window))
     try:
         while True:
-            while not exhausted and len(outstanding) < window:
+            limit = window if ahead is None else max(1, min(window, ahead()))
+            while not exhausted and len(outstanding) < limit:
                 request = source(applied + len(outstanding))
                 if request is None:
                     exhausted = True
