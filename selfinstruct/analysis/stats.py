@@ -103,6 +103,9 @@ def cost_stats(ctx) -> dict[str, Any]:
         stats[f"cost/total/{key}"] = value
     for stage, seconds in ctx.stage_seconds.items():
         stats[f"time/{stage}/seconds"] = seconds
+    rouge = (ctx.checkpoint.get("instructions") or {}).get("state", {}).get("rouge_seconds")
+    if rouge is not None:  # the novelty filter's share of the instructions stage
+        stats["time/instructions/rouge_seconds"] = rouge
     return stats
 
 

@@ -70,6 +70,10 @@ class BackendConfig:
     backend: str = MISSING
     model: str = ""
     concurrency: int = 8  # requests in flight (llama.cpp: sequences decoded together)
+    # Instructions stage: requests submitted ahead of the response it applies next, which is also
+    # the bootstrap lag (request k sees the pool after response k - window; see
+    # generation/instructions.py). null: derived from concurrency (bootstrap_window there).
+    window: Optional[int] = None
     max_retries: int = 6
     timeout_s: float = 120.0  # per request
     # Per-request response cache (SQLite), shared by the jobs of a sweep
@@ -79,6 +83,7 @@ class BackendConfig:
     @staticmethod
     def check(c: Any) -> None:
         check(c.concurrency >= 1, "llm.concurrency", f"must be >= 1, got {c.concurrency}")
+        check(c.window is None or c.window >= 1, "llm.window", f"must be >= 1 or null, got {c.window}")
         check(c.max_retries >= 0, "llm.max_retries", f"must be >= 0, got {c.max_retries}")
         check(c.timeout_s > 0, "llm.timeout_s", f"must be > 0, got {c.timeout_s}")
 
@@ -142,6 +147,15 @@ class Ticket:
                 u.errors += 1
         return self.completion
 
+    def ready(self) -> bool:
+        """Would result() return without waiting?"""
+        return self.completion is not None or self.pending.done()
+
+    def sent(self) -> bool:
+        """Has the request reached the backend (so cancelling it would not save its cost)?"""
+        sent = getattr(self.pending, "sent", None)
+        return self.completion is not None or (sent() if sent is not None else self.pending.done())
+
     def cancel(self) -> None:
         cancel = getattr(self.pending, "cancel", None)
         if self.completion is None and cancel is not None:
@@ -163,6 +177,9 @@ class _Deferred:
             self.llm._drain()
         return self.value
 
+    def done(self) -> bool:
+        return self.value is not None
+
     def cancel(self) -> None:
         self.llm._queue.clear()
 
@@ -176,6 +193,9 @@ class LLM(ABC):
     cache: Any = None  # a ResponseCache, or None
     usage: dict[str, Usage] = field(default_factory=dict)
     name: ClassVar[str] = "base"
+    # Does the backend hold submitted requests beyond `concurrency` back itself (a gate), so that
+    # submitting ahead keeps a server busy? Backends that generate in the caller's thread do not.
+    queues_ahead: ClassVar[bool] = False
     endpoint: str = "completions"
     _queue: list = field(default_factory=list, repr=False)  # (request, params, usage, _Deferred)
     _to_cache: list = field(default_factory=list, repr=False)

@@ -151,6 +151,7 @@ class OpenAIConfig(BackendConfig):
 @dataclass
 class OpenAILLM(LLM):
     name: ClassVar[str] = "openai"
+    queues_ahead: ClassVar[bool] = True  # the semaphore in _one keeps `concurrency` in flight
     base_url: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
     concurrency: int = OpenAIConfig.concurrency
@@ -181,7 +182,10 @@ class OpenAILLM(LLM):
         gate), the rest wait there, so a caller that submits ahead keeps the server busy."""
         if self._runner is None:
             self._runner = _LoopThread()
-        return self._runner.submit(self._request(request, params, usage))
+        sent: list = []  # non-empty once the request passed the gate: it costs, whatever comes next
+        future = self._runner.submit(self._request(request, params, usage, sent))
+        future.sent = lambda: bool(sent)
+        return future
 
     def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
         return [f.result() for f in [self._submit(r, params, usage) for r in requests]]
@@ -204,11 +208,12 @@ class OpenAILLM(LLM):
                            RateLimiter(self.requests_per_minute, self.tokens_per_minute))
         return self._state
 
-    async def _request(self, request: Request, params: Sampling, usage: Usage) -> Completion:
+    async def _request(self, request: Request, params: Sampling, usage: Usage, sent: list) -> Completion:
         client, gate, limiter = self._setup()
-        return await self._one(client, gate, limiter, request, params, usage)
+        return await self._one(client, gate, limiter, request, params, usage, sent)
 
-    async def _one(self, client, gate, limiter, request: Request, params: Sampling, usage: Usage):
+    async def _one(self, client, gate, limiter, request: Request, params: Sampling, usage: Usage,
+                   sent: Optional[list] = None):
         last_error = "unknown"
         hint: Optional[float] = None
         for attempt in range(self.max_retries + 1):
@@ -222,6 +227,8 @@ class OpenAILLM(LLM):
                 await asyncio.sleep(delay)
             await limiter.wait(len(request.prompt) // 4 + params.max_tokens)
             async with gate:
+                if sent is not None:
+                    sent.append(True)
                 try:
                     completion = await self._call(client, request, params)
                     self._answered = True
