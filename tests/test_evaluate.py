@@ -104,3 +104,16 @@ def test_the_original_252_user_oriented_tasks_load_as_the_evaluation_set(tmp_pat
     assert [r["instruction"] for r in records] == [o["instruction"].strip() for o in originals]
     assert [r["reference"] for r in records] == [o["instances"][0]["output"].strip() for o in originals]
     assert stats["eval/num_tasks"] == 12 and "eval/base/exact_match" not in stats  # no flags there
+
+
+def test_answers_of_another_tuned_model_are_asked_again_not_mixed_in(tmp_path):
+    base_and_tuned(tmp_path, "llm.cache=false")
+    stats = base_and_tuned(tmp_path, "llm.cache=false", "evaluate.tuned_model=fake-tuned-2")
+    # this invocation asked the tuned model again (30 tasks) and not the base model
+    assert stats["cost/evaluate/requests"] == 60 + 30
+    records = read_jsonl(tmp_path / "run" / "eval_answers.jsonl")
+    tuned = [r for r in records if r["model"] == "tuned"]
+    assert len(tuned) == 60 and {r["version"] for r in tuned[30:]} == {"named:fake-tuned-2@None"}
+    assert len(read_jsonl(tmp_path / "run" / "eval.jsonl")) == 30
+    # the fake model answers alike, so the judge's verdicts on the same texts were kept
+    assert stats["cost/evaluate_judge/requests"] == 120

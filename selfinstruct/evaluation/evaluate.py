@@ -16,6 +16,7 @@ LoRA adapters with --enable-lora).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -44,11 +45,13 @@ def run_evaluate(ctx) -> None:
     tasks = load_eval_set(e.path)[: e.limit]
     end_token = ctx.cfg.prepare.end_token
     answers: dict[str, dict[str, str]] = {name: {} for name in MODELS}
-    for name in [m for m in MODELS if e[m]]:
+    versions = {name: model_version(ctx, name) for name in MODELS if e[name]}
+    for name in versions:
         llm = base_llm(ctx) if name == "base" else tuned_llm(ctx)
-        answer_tasks(ctx, llm, name, tasks)
+        answer_tasks(ctx, llm, name, tasks, versions[name])
     for r in run.records(run.eval_answers):
-        answers[r["model"]][r["id"]] = clean_answer(r["raw"], end_token)
+        if versions.get(r["model"]) == r.get("version"):  # not the answers of a model trained over since
+            answers[r["model"]][r["id"]] = clean_answer(r["raw"], end_token)
     judgements = judge(ctx, tasks, answers) if e.judge else {}
 
     records, scores = [], {name: [] for name in MODELS}
@@ -70,11 +73,31 @@ def run_evaluate(ctx) -> None:
                  stats["eval/tuned/rougeL"], stats["eval/delta/rougeL"], len(tasks))
 
 
-def answer_tasks(ctx, llm: LLM, name: str, tasks: list[EvalTask]) -> None:
+def model_version(ctx, name: str) -> str:
+    """Which model gave an answer: answers of another version (a tuned model trained again in this
+    run dir, another base model) are asked again, never mixed in."""
+    cfg = ctx.cfg
+    if name == "base":
+        return f"{cfg.llm.backend}:{cfg.llm.model}:{cfg.llm.get('model_path')}:{cfg.finetune.base_model}"
+    if cfg.evaluate.tuned_model is not None:
+        return f"named:{cfg.evaluate.tuned_model}@{cfg.evaluate.tuned_base_url}"
+    result = ctx.checkpoint.get("finetune_result") or {}
+    if result.get("backend") == "openai":
+        return f"openai:{result.get('model_id')}"
+    from selfinstruct.llm.llamacpp import file_identity  # a retrained model rewrites its train log
+
+    return f"local:{result.get('method')}:{file_identity(str(ctx.run.finetune_dir / 'train_log.jsonl'))}"
+
+
+def digest(*texts: str) -> str:
+    return hashlib.sha1("\x00".join(texts).encode()).hexdigest()[:16]
+
+
+def answer_tasks(ctx, llm: LLM, name: str, tasks: list[EvalTask], version: str) -> None:
     """The model's answers to the tasks it has not answered yet in this run dir."""
     run = ctx.run
     run.checkpoint.restore("evaluate", [run.eval_answers])
-    done = {(r["model"], r["id"]) for r in run.records(run.eval_answers)}
+    done = {(r["model"], r["id"]) for r in run.records(run.eval_answers) if r.get("version") == version}
     todo = [t for t in tasks if (name, t.id) not in done]
     sampling = Sampling.from_config(ctx.cfg.sampling.evaluate)
     sampling.stop = list(sampling.stop) + answer_stop(ctx.cfg.prepare.end_token)
@@ -83,7 +106,8 @@ def answer_tasks(ctx, llm: LLM, name: str, tasks: list[EvalTask]) -> None:
         return Request(f"evaluate/{name}/{task.id}", answer_prompt(task.instruction, task.input), chat=ctx.style.chat)
 
     def record(task: EvalTask, completion) -> dict:
-        return {"model": name, "id": task.id, "raw": completion.text, "finish_reason": completion.finish_reason}
+        return {"model": name, "id": task.id, "raw": completion.text, "finish_reason": completion.finish_reason,
+                "version": version}
 
     run_items(llm, "evaluate", sampling, todo, request, record, path=run.eval_answers,
               checkpoint=run.checkpoint, window=llm_window(ctx, llm), total=len(tasks), desc=f"evaluate {name}")
@@ -157,8 +181,17 @@ def judge(ctx, tasks: list[EvalTask], answers: dict[str, dict[str, str]]) -> dic
         items += [(f"rate/{m}", task) for m in have]
         if len(have) == 2:
             items += [("pair/tuned_first", task), ("pair/base_first", task)]
+    def judged(kind: str, task_id: str) -> str:  # the answers a judgement is about
+        models = [kind[5:]] if kind.startswith("rate/") else ["tuned", "base"]
+        return digest(*(answers[m][task_id] for m in models))
+
+    wanted = {(kind, t.id) for kind, t in items}
+
+    def current(r: dict) -> bool:  # a judgement of the answers there are now
+        return (r["kind"], r["id"]) in wanted and r.get("answers") == judged(r["kind"], r["id"])
+
     run.checkpoint.restore("evaluate_judge", [run.eval_judge])
-    done = {(r["kind"], r["id"]) for r in run.records(run.eval_judge)}
+    done = {(r["kind"], r["id"]) for r in run.records(run.eval_judge) if current(r)}
     todo = [(kind, t) for kind, t in items if (kind, t.id) not in done]
 
     def request(item) -> Request:
@@ -172,12 +205,12 @@ def judge(ctx, tasks: list[EvalTask], answers: dict[str, dict[str, str]]) -> dic
         return Request(f"evaluate_judge/{kind}/{task.id}", prompt, chat=chat)
 
     def record(item, completion) -> dict:
-        return {"kind": item[0], "id": item[1].id, "raw": completion.text}
+        return {"kind": item[0], "id": item[1].id, "raw": completion.text, "answers": judged(item[0], item[1].id)}
 
     run_items(llm, "evaluate_judge", Sampling.from_config(cfg.sampling.judge), todo, request, record,
               path=run.eval_judge, checkpoint=run.checkpoint, window=llm_window(ctx, llm), total=len(items),
               desc="evaluate judge")
-    raw = {(r["kind"], r["id"]): r["raw"] for r in run.records(run.eval_judge)}
+    raw = {(r["kind"], r["id"]): r["raw"] for r in run.records(run.eval_judge) if current(r)}
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         row: dict[str, Any] = {}
