@@ -49,7 +49,7 @@ def check_outputs(run_dir, stats) -> dict:
     assert json.loads((run_dir / "stats.json").read_text()) == pytest.approx(stats)
     data, accepted = out["data.jsonl"], out["instructions.jsonl"]
     labels = [r["is_classification"] for r in out["classification.jsonl"]]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731  (stats give 0.0 for none)
     # Table 1, recomputed from the files: every accepted instruction counts, with or without instances
     assert stats["data/num_instructions"] == len(accepted)
     if len(labels) == len(accepted):

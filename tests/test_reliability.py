@@ -317,7 +317,7 @@ def test_a_corrupt_response_cache_ends_with_one_line_naming_it(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
 def test_an_interrupted_run_says_how_to_resume_and_resumes(tmp_path, sig):
     run_dir = tmp_path / "run"
-    args = [*FAKE, "num_instructions=20", "llm.latency_s=0.2", "llm.concurrency=2", "stages=[instructions]",
+    args = [*FAKE, "num_instructions=100", "llm.latency_s=0.3", "llm.concurrency=2", "stages=[instructions]",
             f"hydra.run.dir={run_dir}", f"llm.cache_dir={tmp_path / 'cache'}"]
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -331,7 +331,7 @@ def test_an_interrupted_run_says_how_to_resume_and_resumes(tmp_path, sig):
     assert "Traceback" not in err and err.count("error: ") == 1
     assert "error: interrupted; rerun the same command to resume" in err
     assert run_cli(args).returncode == 0
-    assert len((run_dir / "instructions.jsonl").read_text().splitlines()) == 20
+    assert len((run_dir / "instructions.jsonl").read_text().splitlines()) == 100
 
 
 def test_a_config_error_is_printed_once(tmp_path):  # the CLI: also no log line of it
