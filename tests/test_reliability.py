@@ -319,8 +319,11 @@ def test_an_interrupted_run_says_how_to_resume_and_resumes(tmp_path, sig):
     run_dir = tmp_path / "run"
     args = [*FAKE, "num_instructions=100", "llm.latency_s=0.3", "llm.concurrency=2", "stages=[instructions]",
             f"hydra.run.dir={run_dir}", f"llm.cache_dir={tmp_path / 'cache'}"]
+    # A shell's background job (nohup ... &) ignores SIGINT, and Python keeps an ignored SIGINT
+    # ignored: give the run the disposition of a terminal's foreground process.
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (run_dir / "instructions.jsonl").exists() or not (run_dir / "instructions.jsonl").stat().st_size:
         assert proc.poll() is None and time.monotonic() < deadline
