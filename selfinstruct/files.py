@@ -115,3 +115,12 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
     _replace_atomic(path, lambda f: f.writelines(dumps(r) + "\n" for r in records))
+
+
+def file_identity(path: str) -> str:
+    """name:size:mtime of a file, so a changed or replaced file never gets another's cached answers."""
+    p = Path(path)
+    if not p.exists():
+        return f"{p.name}:missing"
+    st = p.stat()
+    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"

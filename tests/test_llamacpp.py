@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow  # runs the embedded model
 from selfinstruct.filtering.rules import repeated_ngram  # noqa: E402
 from selfinstruct.llm import Request, Sampling  # noqa: E402
 from selfinstruct.llm.cache import ResponseCache, default_cache_dir  # noqa: E402
-from selfinstruct.llm.llama_batch import MIN_CHUNK, Job, _chunks, _Sequence  # noqa: E402
+from selfinstruct.llm.llama_batch import MIN_CHUNK, Job, Sampler, _chunks, _Sequence, nucleus  # noqa: E402
 from selfinstruct.llm.llamacpp import LlamaCppLLM, packaged_model_path  # noqa: E402
 
 FEW_SHOT = ("Q: What is the capital of Italy?\nA: Rome.\n\nQ: What is the capital of Spain?\n"
@@ -82,6 +83,20 @@ def test_greedy_answers_do_not_depend_on_the_batch(llm, widths):
     assert any("Paris" in t for t in alone)
 
 
+def test_a_full_batch_of_long_answers_equals_the_answers_alone(model_path):
+    # 8 sequences in flight: a step of 8 rows would take another matrix kernel (llama_batch.py),
+    # which changed these answers within a few tokens; steps go in calls of at most 7
+    llm = LlamaCppLLM(model="gemma-3-270m-q4_k_m", model_path=model_path, n_ctx=512, n_parallel=8)
+    try:
+        topics = ["rivers", "cheese", "planets", "chess", "volcanoes", "bread", "whales", "trains"]
+        requests = [Request(f"list/{t}", f"Here is a numbered list of facts about {t}:\n1.") for t in topics]
+        params = Sampling(max_tokens=40)
+        alone = [texts(llm.complete([r], params, stage="alone"))[0] for r in requests]
+        assert texts(llm.complete(requests, params, stage="batch")) == alone
+    finally:
+        llm.close()
+
+
 def test_sampled_answers_are_a_function_of_the_request(llm):
     requests = questions("s")
     params = Sampling(temperature=1.0, top_p=0.95, max_tokens=12, frequency_penalty=0.5)
@@ -90,6 +105,57 @@ def test_sampled_answers_are_a_function_of_the_request(llm):
     assert [texts(llm.complete([r], params, stage="sampled"))[0] for r in requests[:2]] == first[:2]
     other_ids = [dataclasses.replace(r, id=r.id + "/2") for r in requests]
     assert texts(llm.complete(other_ids, params, stage="sampled")) != first  # the seed is per request
+
+
+def test_a_request_sent_later_joins_the_batch_in_flight_and_cancel_frees_its_slot(llm, widths):
+    # continuous batching: a job queued while a long one decodes is taken into a free slot at once,
+    # and its answer is the one it gets alone
+    engine = llm.load()
+    counting = Job(engine.tokenize("1, 2, 3, 4, 5,"), Sampling(max_tokens=200), seed=0, max_tokens=200)
+    short_prompt = engine.tokenize(questions()[0].prompt)
+    short = Job(short_prompt, Sampling(max_tokens=6), seed=0, max_tokens=6)
+    alone = engine.generate([short])[0]
+    widths.clear()
+    long = engine.submit(counting)
+    while not widths:  # the long job is decoding
+        pass
+    later = engine.submit(short)
+    assert later.result().text == alone.text and later.result().completion_tokens == 6
+    assert not long.done()  # the short job did not wait for the long one
+    assert max(widths) == 2  # they shared decode steps
+    long.cancel()
+    cancelled = long.result()
+    assert cancelled.finish_reason == "error" and cancelled.error == "cancelled"
+    assert cancelled.completion_tokens < 200
+    assert engine.generate([short])[0].text == alone.text  # the engine goes on serving
+
+
+@pytest.mark.parametrize("shape", ["peaked", "flat", "ties"])
+def test_the_nucleus_is_what_sorting_the_whole_vocabulary_gives(shape):
+    rng = np.random.default_rng(7)
+    logits = {"peaked": rng.normal(0, 4, 50000), "flat": rng.normal(0, 0.01, 50000),
+              "ties": np.repeat(rng.normal(0, 3, 500), 100)}[shape].astype(np.float32)
+    weights = np.exp(logits - logits.max())
+    for top_p in (0.1, 0.5, 0.9, 0.999):
+        order = np.argsort(-weights, kind="stable")
+        cdf = np.cumsum(weights[order], dtype=np.float64)
+        keep = int(np.argmax(cdf >= top_p * weights.sum(dtype=np.float64))) + 1
+        ids, got_cdf = nucleus(weights, top_p)
+        assert ids.tolist() == order[:keep].tolist(), (shape, top_p)
+        assert np.allclose(got_cdf, cdf[:keep])
+
+
+def test_sampler_penalties_follow_the_openai_formula():
+    # logit - frequency * count - presence * [count > 0]: greedy is pushed off token 0, then 1, ...
+    sampler = Sampler(Sampling(presence_penalty=1.0, frequency_penalty=0.5), seed=0, n_vocab=4)
+    logits = np.array([3.0, 2.0, 1.2, 0.0], np.float32)
+    assert [sampler.sample(logits) for _ in range(4)] == [0, 1, 0, 2]
+    assert sampler.penalty.tolist() == [2.0, 1.5, 1.5, 0.0]  # token 0 twice: 1.0 + 2 x 0.5
+    draws = [Sampler(Sampling(temperature=1.0, top_p=0.9), seed=s, n_vocab=4).sample(logits)
+             for s in range(200)]
+    assert set(draws) == {0, 1, 2}  # token 3 is outside the 0.9 nucleus
+    assert draws == [Sampler(Sampling(temperature=1.0, top_p=0.9), seed=s, n_vocab=4).sample(logits)
+                     for s in range(200)]  # seeded
 
 
 def test_stop_strings_max_tokens_and_token_counts(llm):

@@ -24,6 +24,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from selfinstruct.errors import RunError
+from selfinstruct.files import file_identity
 from selfinstruct.evaluation.answering import answer_prompt, answer_stop, clean_answer
 from selfinstruct.evaluation.eval_sets import EvalTask, load_eval_set
 from selfinstruct.evaluation.judge import (pairwise_outcome, pairwise_prompt, parse_pairwise, parse_rating,
@@ -84,8 +85,8 @@ def model_version(ctx, name: str) -> str:
     result = ctx.checkpoint.get("finetune_result") or {}
     if result.get("backend") == "openai":
         return f"openai:{result.get('model_id')}"
-    from selfinstruct.llm.llamacpp import file_identity  # a retrained model rewrites its train log
 
+    # a retrained model rewrites its train log
     return f"local:{result.get('method')}:{file_identity(str(ctx.run.finetune_dir / 'train_log.jsonl'))}"
 
 

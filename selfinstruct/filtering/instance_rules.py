@@ -21,7 +21,7 @@ import random
 import re
 from collections import Counter
 
-from selfinstruct.filtering.rules import _WORDS, repeated_ngram
+from selfinstruct.filtering.rules import WORDS, repeated_ngram
 
 RULES = ("truncated_last", "empty_output", "input_equals_output", "ends_with_colon", "repetitive",
          "echoes_instruction", "conflicting_outputs", "duplicate", "over_cap")
@@ -32,10 +32,10 @@ _OFFERS_CHOICES = re.compile(r"\bor\b|/|\(|:\s", re.IGNORECASE)
 def echoes_instruction(out: str, instruction: str) -> bool:
     """A one- or two-word answer made only of the instruction's own words, where the instruction
     lists no answers to choose from: the model repeated the question's topic instead of answering."""
-    words = _WORDS.findall(out.lower())
+    words = WORDS.findall(out.lower())
     if not 1 <= len(words) <= 2 or not all(w.isalpha() for w in words) or _OFFERS_CHOICES.search(instruction):
         return False
-    return set(words) <= set(_WORDS.findall(instruction.lower()))
+    return set(words) <= set(WORDS.findall(instruction.lower()))
 
 
 def invalid_reason(inp: str, out: str, f, instruction: str = "") -> str | None:

@@ -365,31 +365,46 @@ class RougeIndex:
             top.merge(rows[rr[ok]], f[ok], idx[cc[ok]])
 
     def filter(self, candidates: Sequence[str], threshold: float, top_k: int = 10, *,
-               duplicates: bool = False) -> list[Decision]:
+               duplicates: bool = False, groups: Optional[Sequence[int]] = None) -> list[Decision]:
         """Paper semantics: candidates in order; each is scored against the pool plus every candidate
         accepted before it in this call; rejected when max F > threshold (strict: F == threshold is
         kept); accepted ones are added to the pool. threshold >= 1.0 rejects nothing (but scores are
         still computed). duplicates: first reject (unscored, max_score nan) every exact duplicate of
-        a pool text or of an earlier candidate of this call (module docstring)."""
+        a pool text or of an earlier candidate of its group (module docstring). groups: the sizes
+        of consecutive groups of candidates (the responses of the instructions stage), filtered as
+        if one call per group were made, one after another; default: one group."""
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         candidates = list(candidates)
         if not duplicates:
             return self._filter(candidates, threshold, top_k)
-        out: list[Optional[Decision]] = [None] * len(candidates)
-        first: dict[str, str] = {}  # key -> the earlier candidate with it (scored, maybe rejected)
+        bounds = np.cumsum([0, *(groups if groups is not None else [len(candidates)])]).tolist()
+        spans = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        keys = [duplicate_key(text) for text in candidates]
+        group_keys = [{keys[i] for i in span} for span in spans]
+        if sum(map(len, group_keys)) > len(set().union(*group_keys)):
+            # a text repeated across groups: whether it is a duplicate depends on whether the
+            # earlier group accepted it, so the groups go one by one
+            return [d for span in spans for d in self._filter_groups(candidates, keys, [span], threshold, top_k)]
+        return self._filter_groups(candidates, keys, spans, threshold, top_k)
+
+    def _filter_groups(self, candidates: list[str], keys: list[str], spans: list[range],
+                       threshold: float, top_k: int) -> list[Decision]:
+        """Decisions of candidates[span] for the spans in order: duplicates (of the pool or of an
+        earlier candidate of their span) rejected unscored, the rest in one _filter pass."""
+        out: dict[int, Decision] = {}
         scored = []
-        for i, text in enumerate(candidates):
-            key = duplicate_key(text)
-            twin = self._keys.get(key, first.get(key))
-            if twin is None:
-                first[key] = text
-                scored.append(i)
-            else:
-                out[i] = Decision(False, float("nan"), {}, duplicate_of=twin)
-        for i, decision in zip(scored, self._filter([candidates[i] for i in scored], threshold, top_k)):
-            out[i] = decision
-        return out
+        for span in spans:
+            first: dict[str, str] = {}  # key -> the earlier candidate with it (scored, maybe rejected)
+            for i in span:
+                twin = self._keys.get(keys[i], first.get(keys[i]))
+                if twin is None:
+                    first[keys[i]] = candidates[i]
+                    scored.append(i)
+                else:
+                    out[i] = Decision(False, float("nan"), {}, duplicate_of=twin)
+        out.update(zip(scored, self._filter([candidates[i] for i in scored], threshold, top_k)))
+        return [out[i] for span in spans for i in span]
 
     def _filter(self, candidates: list[str], threshold: float, top_k: int) -> list[Decision]:
         out: list[Decision] = []

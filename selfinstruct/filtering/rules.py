@@ -67,7 +67,7 @@ def novelty_record(candidate: str, decision, threshold: float) -> tuple[bool, di
 # off). Small models echo their prompt, drift into other scripts or loop on a phrase; these rules
 # name such output instead of letting it reach the data or pass as "novel" under ROUGE-L.
 _NUMBERED = re.compile(r"^\s*\d{1,3}\s*[.)]\s*")
-_WORDS = re.compile(r"[^\W\d_]+")  # letter runs: numbers and punctuation never form a "loop"
+WORDS = re.compile(r"[^\W\d_]+")  # letter runs: numbers and punctuation never form a "loop"
 _APPENDED = re.compile(r"[:\u2013\u2014][ \t]|[ \t]-[ \t]")  # where a model runs an answer on
 
 
@@ -94,7 +94,7 @@ def ascii_letter_share(text: str) -> float:
 
 def repeated_ngram(text: str, max_n: int = 8, min_repeats: int = 4) -> Optional[str]:
     """The first n-gram (n <= max_n words) repeated back to back at least min_repeats times."""
-    words = _WORDS.findall(text.lower())
+    words = WORDS.findall(text.lower())
     for n in range(1, max_n + 1):
         streak = 0  # positions i with words[i] == words[i + n], in a row
         for i in range(len(words) - n):

@@ -29,6 +29,7 @@ in the checkpoint; the next invocation of the same run dir sends it again first.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -57,17 +58,33 @@ def request_rng(seed: int, request_id: str) -> random.Random:
 
 def bootstrap_window(cfg, llm) -> int:
     """The window W (= the lag of the pool rule): llm.window, or by default llm.concurrency for
-    backends that generate what is submitted (llama.cpp, the fake), and for the OpenAI backends,
-    which hold requests beyond concurrency at their gate, 16 x concurrency (enough that one slow
-    answer rarely stalls the server), but no more than the fewest requests that can reach
-    num_instructions (a response adds at most 8 tasks), so a small run is not all seeds and sends
-    few requests it does not need. A function of the config only, so a resumed run has the same."""
+    backends that generate on this machine (llama.cpp, the fake: a request beyond what the
+    target needs costs nearly its full compute there, batched or not); for the OpenAI backends, which hold requests beyond concurrency at their gate, 16 x concurrency
+    (enough that one slow answer rarely stalls the server), but no more than the fewest requests
+    that can reach num_instructions (a response adds at most 8 tasks), so a small run is not all
+    seeds and sends few requests it does not need. A function of the config only, so a resumed
+    run has the same."""
     c = cfg.llm.concurrency
     if cfg.llm.get("window") is not None:
         return int(cfg.llm.window)
-    if not getattr(llm, "queues_ahead", False):
+    if getattr(llm, "local", False) or not getattr(llm, "queues_ahead", False):
         return c
     return min(16 * c, max(c, -(-cfg.num_instructions // 8)))
+
+
+def requests_needed(concurrency: int, remaining: int, accepted: int, applied: int, local: bool) -> int:
+    """How many requests to keep outstanding: no more than the rest of the target may need, so
+    the requests in flight when it is reached cost little. Sends are only held back, never
+    skipped, so this saves cost, not content, and may depend on timing. A server: at least
+    `concurrency` (keep it busy), assuming a response adds up to 8 tasks. A local model, whose
+    every extra request costs nearly its full compute even in a batch: the yield so far (tasks
+    accepted per response) sets it, one more for luck, at most `concurrency` (and that until
+    a first task is accepted)."""
+    if not local:
+        return max(concurrency, -(-remaining // 8))
+    if not accepted:  # no yield seen yet
+        return concurrency
+    return max(1, min(concurrency, math.ceil(remaining * applied / accepted) + 1))
 
 
 def run_instructions(ctx) -> None:
@@ -158,9 +175,9 @@ def run_instructions(ctx) -> None:
         run_requests(ctx.llm, "instructions", sampling, source, lambda r, c: apply_many([(r, c)]),
                      window=lag, commit=commit, commit_every=commit_every, apply_many=apply_many,
                      finished=lambda: len(machine) >= target,
-                     # no more ahead than the rest of the target may need (a response adds up to
-                     # 8): sends are held back, never skipped, so this saves cost, not content
-                     ahead=lambda: max(cfg.llm.concurrency, -(-(target - len(machine)) // 8)))
+                     ahead=lambda: requests_needed(cfg.llm.concurrency, target - len(machine),
+                                                   len(machine) - start_size, progress["applied"],
+                                                   getattr(ctx.llm, "local", False)))
     fruitless = progress["fruitless"]
     if len(machine) < target and fruitless >= MAX_FRUITLESS_REQUESTS:
         summary = ", ".join(f"{rule} {n}" for rule, n in rules.most_common())
@@ -189,14 +206,10 @@ def filter_responses(responses, index: RougeIndex, f, style, limit: Optional[int
     screened = [_screen(*response, f, style) for response in responses]
     started = time.perf_counter()
     pool_size = len(index)
-    if f.reject_duplicates:
-        # "a duplicate of an earlier candidate" means of the same response, as one call per
-        # response gives; one pass over several would depend on which answers were ready together
-        decisions = iter([d for _, cands, _, _ in screened
-                          for d in index.filter(cands, f.rouge_threshold, f.top_k_similar, duplicates=True)])
-    else:
-        decisions = iter(index.filter([c for _, cands, _, _ in screened for c in cands],
-                                      f.rouge_threshold, f.top_k_similar))
+    # one pass for all ready responses, as if filtered one response after another
+    decisions = iter(index.filter([c for _, cands, _, _ in screened for c in cands], f.rouge_threshold,
+                                  f.top_k_similar, duplicates=f.reject_duplicates,
+                                  groups=[len(cands) for _, cands, _, _ in screened]))
     out, means_of = [], []  # means_of: (record, its pool index) of every accepted record
     total = 0
     for (_, _, request_id, _), (rejected, candidates, fields, raw) in zip(responses, screened):

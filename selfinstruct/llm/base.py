@@ -196,6 +196,8 @@ class LLM(ABC):
     # Does the backend hold submitted requests beyond `concurrency` back itself (a gate), so that
     # submitting ahead keeps a server busy? Backends that generate in the caller's thread do not.
     queues_ahead: ClassVar[bool] = False
+    # Does it generate on this machine (a request it runs costs compute here, not a server's)?
+    local: ClassVar[bool] = False
     endpoint: str = "completions"
     _queue: list = field(default_factory=list, repr=False)  # (request, params, usage, _Deferred)
     _to_cache: list = field(default_factory=list, repr=False)

@@ -1,10 +1,13 @@
 """Batched decoding for the embedded model: many requests in one llama.cpp context at once.
 
 A CPU spends a decode step mostly reading the weights, so decoding 8 sequences in one step costs
-little more than decoding one. `LlamaEngine.generate` keeps up to `n_parallel` requests in flight
-through llama-cpp-python's low-level API. Each request takes a sequence slot with its own KV
-stream and its own sampler chain, seeded by the request; every step is one `llama_decode` with the
-next token of each sequence; a finished sequence frees its slot for the next request.
+little more than decoding one. `LlamaEngine` serves requests from a thread of its own (continuous
+batching): `submit` queues a job and returns at once; the thread keeps up to `n_parallel` jobs in
+flight through llama-cpp-python's low-level API, and takes a queued job into a slot as soon as one
+frees, whatever call it came from, so one long generation never holds a whole wave back. Each job
+has a sequence slot with its own KV stream and its own sampler, seeded by the request; every step
+is one `llama_decode` with the next token of each sequence. llama.cpp releases the GIL while it
+decodes, so the stages parse and filter answers meanwhile.
 
 Prompt reuse: a slot keeps the KV of its last prompt after its request ends. A new request goes to
 the free slot whose cached prompt shares the longest prefix with its own (the few-shot
@@ -27,7 +30,15 @@ llama-cpp-python 0.3.36 (benchmarks/bench_llamacpp.py, tests/test_llamacpp.py):
   cached prompt can be cut back safely;
 - prompt tokens are evaluated in decode calls of their own, so llama.cpp never splits them
   differently because of the other sequences in the step.
-Generated tokens are always decoded one per sequence per step, the same alone or in a batch.
+- generated tokens are decoded one per sequence per step, at most MAX_STEP_ROWS = 7 of them in
+  one decode call: a call of 8 rows takes another matrix kernel than one of 1-7 (measured: greedy
+  100-token answers of 8 requests decoded together differed from their answers alone, those of
+  batches of 2-7 never did), so llm.n_parallel is 7 by default and a larger one decodes a step in
+  several calls. Prompt chunks are the other side of the same switch: always 8 tokens or more.
+
+Sampling (`Sampler`) is done in numpy on the logits llama.cpp leaves: llama.cpp's own sampler
+chain copies and sorts the whole 262K-token vocabulary of Gemma for every token (about 5 ms, as
+long as a tenth of a batched decode step), where the nucleus needs only the few likely tokens.
 
 A generation ends as the OpenAI API reports it: "stop" at an end-of-generation token or a stop
 string (cut from the text), "length" at max_tokens. Two limits of our own: a generation looping a
@@ -42,6 +53,7 @@ import ctypes
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +61,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import llama_cpp as lc
+import numpy as np
 
 from selfinstruct.filtering.rules import repeated_ngram
 from selfinstruct.llm.base import Completion, Sampling
@@ -56,6 +69,7 @@ from selfinstruct.llm.base import Completion, Sampling
 REPEAT_CHECK_EVERY = 16  # tokens between repetition checks (a check reads the whole completion)
 MIN_CHUNK = 8  # prompt chunks of fewer tokens round differently (see the module doc)
 WAVE_TAIL = 64  # prompt tails up to this long are evaluated together, one decode for several
+MAX_STEP_ROWS = 7  # generated tokens per decode call: 8 rows take another kernel (module doc)
 
 
 @dataclass
@@ -66,6 +80,35 @@ class Job:
     seed: int
     max_tokens: int  # already capped to what the context leaves after the prompt
     timeout_s: Optional[float] = None
+    share_prefix: bool = True  # False: evaluate the whole prompt (the prefix-cache ablation)
+    on_early_stop: Callable[[str], None] = lambda reason: None  # "timeout" | "repetition"
+
+
+class Pending:
+    """A submitted job's completion to come, computed by the engine's thread."""
+
+    __slots__ = ("job", "engine", "value", "cancelled", "_done")
+
+    def __init__(self, job: Job, engine: "LlamaEngine"):
+        self.job, self.engine, self.value, self.cancelled = job, engine, None, False
+        self._done = threading.Event()
+
+    def resolve(self, completion: Completion) -> None:
+        self.value = completion
+        self._done.set()
+
+    def result(self) -> Completion:
+        self._done.wait()
+        return self.value
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def sent(self) -> bool:
+        return False  # cancelling a local generation always saves its cost, even once it runs
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the engine drops it from its queue or its slot at the next step
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -95,30 +138,69 @@ def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def make_sampler(params: Sampling, seed: int, n_vocab: int, window: int):
-    """A llama.cpp sampler chain with OpenAI's semantics: penalties on the raw logits by the counts of
-    the tokens sampled so far (only sampled tokens are accepted, the window covers the whole
-    completion), then greedy at temperature 0, else temperature, top_p and a seeded draw."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    if params.presence_penalty or params.frequency_penalty:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
-            n_vocab, max(1, window), 1.0, params.frequency_penalty, params.presence_penalty))
-    if params.temperature <= 0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-    else:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
-        if params.top_p < 1.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
+class Sampler:
+    """One sequence's sampling, with OpenAI's semantics: presence and frequency penalties on the raw
+    logits by the counts of the tokens sampled so far (the whole completion), then greedy at
+    temperature 0, else temperature, the nucleus (top_p) and a draw from a generator seeded by the
+    request, so the answer is a function of the request."""
+
+    # The nucleus is looked for among the tokens at least this likely relative to the likeliest
+    # (a few dozen, usually); only if they hold less than top_p of the mass does the next tier
+    # (and at last the whole vocabulary) get sorted. Exact either way.
+    TIERS = (1e-3, 1e-7, 0.0)
+
+    def __init__(self, params: Sampling, seed: int, n_vocab: int):
+        self.temperature, self.top_p = params.temperature, params.top_p
+        self.frequency, self.presence = params.frequency_penalty, params.presence_penalty
+        penalised = bool(self.frequency or self.presence)
+        self.penalty = np.zeros(n_vocab, np.float32) if penalised else None
+        self.seen: set[int] = set()
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def sample(self, logits: np.ndarray) -> int:
+        x = logits if self.penalty is None else logits - self.penalty
+        if self.temperature <= 0:
+            token = int(np.argmax(x))
+        else:
+            token = self._draw(x)
+        if self.penalty is not None:
+            self.penalty[token] += self.frequency + (0.0 if token in self.seen else self.presence)
+            self.seen.add(token)
+        return token
+
+    def _draw(self, x: np.ndarray) -> int:
+        weights = np.exp((x - x.max()) / self.temperature)  # the likeliest token weighs 1
+        u = self.rng.random()
+        if self.top_p >= 1.0:
+            ids, cdf = None, np.cumsum(weights, dtype=np.float64)
+        else:
+            ids, cdf = nucleus(weights, self.top_p)
+        i = int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1))
+        return i if ids is None else int(ids[i])
+
+
+def nucleus(weights: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest set of likeliest tokens holding at least top_p of the mass (ties: lower id
+    first), as (token ids, their cumulative weights). Sorts only the tokens of the first tier
+    (Sampler.TIERS) that holds enough mass; the result is what sorting them all gives."""
+    need = top_p * weights.sum(dtype=np.float64)
+    for tier in Sampler.TIERS:
+        candidates = np.flatnonzero(weights >= tier)
+        if tier == 0.0 or weights[candidates].sum(dtype=np.float64) >= need:
+            break
+    order = candidates[np.argsort(-weights[candidates], kind="stable")]
+    cdf = np.cumsum(weights[order], dtype=np.float64)
+    keep = min(int(np.searchsorted(cdf, need, side="left")) + 1, len(cdf))  # up to crossing top_p
+    return order[:keep], cdf[:keep]
 
 
 class _Sequence:
     """A request in flight in slot `slot`."""
 
-    def __init__(self, index: int, job: Job, slot: int, n_vocab: int, check_repetition: bool):
-        self.index, self.job, self.slot = index, job, slot
-        self.sampler = make_sampler(job.params, job.seed, n_vocab, job.max_tokens)
+    def __init__(self, pending: Optional[Pending], job: Job, slot: int, n_vocab: int,
+                 check_repetition: bool):
+        self.pending, self.job, self.slot = pending, job, slot
+        self.sampler = Sampler(job.params, job.seed, n_vocab)
         self.check_repetition = check_repetition
         self.pos = len(job.tokens)  # position of the next token fed to the model
         self.token = -1  # the last sampled token, fed in the next step
@@ -158,7 +240,7 @@ class LlamaEngine:
     """A GGUF model (and optional LoRA adapter) with a context for `n_parallel` sequences of up to
     `n_ctx` tokens each."""
 
-    def __init__(self, model_path: str, *, n_parallel: int = 8, n_ctx: int = 4096, n_threads: int = 1,
+    def __init__(self, model_path: str, *, n_parallel: int = 7, n_ctx: int = 4096, n_threads: int = 1,
                  n_threads_batch: int = 1, n_batch: int = 512, lora_path: Optional[str] = None,
                  lora_scale: float = 1.0, stop_on_repetition: bool = True):
         # llama.cpp logs every load to stderr; llama-cpp-python routes it through this logger.
@@ -207,6 +289,10 @@ class LlamaEngine:
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
         self.cached: list[list[int]] = [[] for _ in range(n_parallel)]  # per slot: its prompt's tokens
         self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._wake = threading.Condition()  # guards _waiting and _closing
+        self._waiting: deque[Pending] = deque()
+        self._closing = False
+        self._thread: Optional[threading.Thread] = None
 
     # -- tokens and text -------------------------------------------------------------------------
 
@@ -295,7 +381,8 @@ class LlamaEngine:
         if not lc.llama_memory_seq_rm(self.memory, slot, keep, -1):
             lc.llama_memory_seq_rm(self.memory, slot, -1, -1)  # cannot cut it back: start afresh
             keep = 0
-        self.cached[slot] = []  # until its prompt is in
+        # what its KV holds until its prompt is in: later jobs may copy that much from it
+        self.cached[slot] = list(tokens[:keep])
         return slot, keep
 
     def _prefill(self, group: list[tuple["_Sequence", int]]) -> None:
@@ -318,59 +405,105 @@ class LlamaEngine:
         for s, _ in group:
             self.cached[s.slot] = list(s.job.tokens)
 
-    # -- the loop ----------------------------------------------------------------------------------
+    # -- serving -----------------------------------------------------------------------------------
 
-    def generate(self, jobs: list[Job], *, share_prefix: bool = True,
-                 on_early_stop: Callable[[str], None] = lambda reason: None) -> list[Completion]:
-        """Completions of jobs, in order. share_prefix=False evaluates every prompt in full."""
-        results: list[Optional[Completion]] = [None] * len(jobs)
-        # Requests that share a prompt prefix go one after another, so one can copy another's KV;
-        # the order changes no answer (see the module doc).
-        queue = deque(sorted(enumerate(jobs), key=lambda item: item[1].tokens))
-        free = set(range(self.n_parallel))
+    def submit(self, job: Job) -> Pending:
+        """Queue a job for the serving thread; its Pending gives the completion."""
+        pending = Pending(job, self)
+        with self._wake:
+            if self.ctx is None:
+                raise RuntimeError("the llama.cpp engine is closed")
+            self._waiting.append(pending)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="llama.cpp", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return pending
+
+    def generate(self, jobs: list[Job]) -> list[Completion]:
+        """Completions of jobs, in order (all queued at once)."""
+        pending = [self.submit(job) for job in jobs]
+        return [p.result() for p in pending]
+
+    def _serve(self) -> None:
+        """The serving thread: admit queued jobs into free slots, decode a step, sample, repeat."""
         active: dict[int, _Sequence] = {}  # by slot
-        try:
-            while queue or active:
-                while queue and free:  # admit requests into free slots, evaluate their prompts
-                    wave: list[tuple[_Sequence, int]] = []  # short prompt tails, evaluated together
-                    while queue and free and (len(wave) + 1) * WAVE_TAIL <= self.n_batch:
-                        index, job = queue.popleft()
-                        slot, keep = self._place(job, free, share_prefix)
-                        s = active[slot] = _Sequence(index, job, slot, self.n_vocab, self.stop_on_repetition)
-                        # A long rest goes alone and at once (later requests may copy it); so does a
-                        # short prompt, which cannot lengthen its tail to the wave's.
-                        if len(job.tokens) - keep > WAVE_TAIL or len(job.tokens) < WAVE_TAIL:
-                            self._prefill([(s, keep)])
-                            self._sample(s, results, active, free, on_early_stop)
-                        else:
-                            wave.append((s, keep))
-                    if wave:
-                        self._prefill(wave)
-                        for s, _ in wave:
-                            self._sample(s, results, active, free, on_early_stop)
-                if not queue:
+        free = set(range(self.n_parallel))
+        while True:
+            with self._wake:
+                while not (self._waiting or active or self._closing):
+                    self._wake.wait()
+                if self._closing:
+                    break
+                admit = []
+                while self._waiting and len(admit) < len(free):
+                    pending = self._waiting.popleft()
+                    if not pending.cancelled:
+                        admit.append(pending)
+                    else:
+                        pending.resolve(Completion("", "error", error="cancelled"))
+                waiting = bool(self._waiting)
+            try:
+                self._admit(admit, active, free)
+                for s in [s for s in active.values() if s.pending.cancelled]:
+                    self._retire(s, s.completion("error", error="cancelled"), active, free)
+                if not waiting:
                     self._compact(active, free)
-                if not active:
-                    continue
-                for slot in sorted(active):  # one decode: the next token of every sequence
-                    s = active[slot]
-                    s.row = self._add(s.token, s.pos, slot, True)
-                    s.pos += 1
-                self._decode()
+                if active:
+                    self._step(active, free)
+            except Exception as e:  # a failed decode fails the requests in flight, not the run
                 for s in list(active.values()):
-                    self._sample(s, results, active, free, on_early_stop)
-        except Exception as e:  # a failed decode fails the requests of this call, not the run
-            for s in active.values():
-                results[s.index] = s.completion("error", error=f"{type(e).__name__}: {e}")
-                lc.llama_sampler_free(s.sampler)
-            for index, _ in queue:
-                results[index] = Completion("", "error", error=f"{type(e).__name__}: {e}")
-            self.reset()
-        return results
+                    s.pending.resolve(s.completion("error", error=f"{type(e).__name__}: {e}"))
+                for pending in admit:
+                    if not pending.done():
+                        pending.resolve(Completion("", "error", error=f"{type(e).__name__}: {e}"))
+                active.clear()
+                free = set(range(self.n_parallel))
+                self.reset()
+        for s in active.values():
+            s.pending.resolve(s.completion("error", error="the llama.cpp engine was closed"))
 
-    def _sample(self, s: _Sequence, results, active, free, on_early_stop) -> None:
+    def _admit(self, admit: list[Pending], active: dict[int, "_Sequence"], free: set[int]) -> None:
+        """Place new jobs in free slots and evaluate their prompts; short prompt tails of several
+        jobs go in one decode (a wave), long ones alone and at once (later jobs may copy them)."""
+        wave: list[tuple[_Sequence, int]] = []
+        for pending in admit:
+            job = pending.job
+            slot, keep = self._place(job, free, job.share_prefix)
+            s = active[slot] = _Sequence(pending, job, slot, self.n_vocab, self.stop_on_repetition)
+            # a short prompt cannot lengthen its tail to the wave's: it goes alone too
+            if len(job.tokens) - keep > WAVE_TAIL or len(job.tokens) < WAVE_TAIL:
+                self._prefill([(s, keep)])
+                self._sample(s, active, free)
+            else:
+                wave.append((s, keep))
+                # (a wave's logits rows are a step's rows: at most MAX_STEP_ROWS of them)
+                if (len(wave) + 1) * WAVE_TAIL > self.n_batch or len(wave) == MAX_STEP_ROWS:
+                    self._prefill(wave)
+                    for w, _ in wave:
+                        self._sample(w, active, free)
+                    wave = []
+        if wave:
+            self._prefill(wave)
+            for s, _ in wave:
+                self._sample(s, active, free)
+
+    def _step(self, active: dict[int, "_Sequence"], free: set[int]) -> None:
+        """The next token of every sequence in flight: one decode per MAX_STEP_ROWS sequences."""
+        slots = sorted(active)
+        for start in range(0, len(slots), MAX_STEP_ROWS):
+            group = [active[slot] for slot in slots[start:start + MAX_STEP_ROWS]]
+            for s in group:
+                s.row = self._add(s.token, s.pos, s.slot, True)
+                s.pos += 1
+            self._decode()
+            for s in group:
+                self._sample(s, active, free)
+
+    def _sample(self, s: _Sequence, active, free) -> None:
         """Sample the sequence's next token from its logits row; retire it if that ends it."""
-        token = lc.llama_sampler_sample(s.sampler, self.ctx, s.row)
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, s.row), shape=(self.n_vocab,))
+        token = s.sampler.sample(logits)
         if lc.llama_vocab_is_eog(self.vocab, token):
             done = (s.completion("stop"), None)
         else:
@@ -378,12 +511,15 @@ class LlamaEngine:
         if done is None:
             s.token = token
             return
-        results[s.index], reason = done
+        completion, reason = done
         if reason:
-            on_early_stop(reason)
-        lc.llama_sampler_free(s.sampler)
+            s.job.on_early_stop(reason)
+        self._retire(s, completion, active, free)
+
+    def _retire(self, s: _Sequence, completion: Completion, active, free) -> None:
         del active[s.slot]
         free.add(s.slot)  # its prompt stays cached for the next request
+        s.pending.resolve(completion)
 
     def _compact(self, active: dict[int, _Sequence], free: set[int]) -> None:
         """llama.cpp puts only sequences with consecutive ids into one ubatch (one pass over the
@@ -399,6 +535,17 @@ class LlamaEngine:
             free.add(hi)  # it keeps its copy of the prompt, still good for reuse
 
     def close(self) -> None:
+        """Stop the serving thread (jobs still queued or in flight fail), then free llama.cpp."""
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            with self._wake:
+                self._closing = True
+                waiting, self._waiting = list(self._waiting), deque()
+                self._wake.notify()
+            thread.join()
+            for pending in waiting:
+                pending.resolve(Completion("", "error", error="the llama.cpp engine was closed"))
+            self._thread = None
         if self.ctx:
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)

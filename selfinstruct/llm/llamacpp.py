@@ -22,10 +22,12 @@ import ctypes
 import hashlib
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+from selfinstruct.files import file_identity
 from selfinstruct.llm.base import LLM, BackendConfig, Completion, Request, Sampling, Usage, check
 
 
@@ -86,15 +88,6 @@ def other_busy_cores(sample_s: float) -> float:
     return max(0.0, busy / elapsed)
 
 
-def file_identity(path: str) -> str:
-    """name:size:mtime of a file, so a changed or replaced file never gets another's cached answers."""
-    p = Path(path)
-    if not p.exists():
-        return f"{p.name}:missing"
-    st = p.stat()
-    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def builtin_chat_formats() -> list[str]:
     """The chat template names llama.cpp knows (llama_chat_builtin_templates)."""
     import llama_cpp as lc
@@ -112,7 +105,7 @@ class LlamaCppConfig(BackendConfig):
     n_threads: Optional[int] = None  # default: the cores other processes leave free
     n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True  # reuse the evaluated few-shot prefix between requests
-    n_parallel: int = 8  # requests decoded together in one batch
+    n_parallel: int = 7  # requests decoded together (llama_batch.MAX_STEP_ROWS)
     chat_format: Optional[str] = None  # chat requests: a llama.cpp template name; default: the GGUF's
     lora_path: Optional[str] = None  # a GGUF LoRA adapter applied to the model (a fine-tuned model)
     stop_on_repetition: bool = True  # end a generation that loops a phrase, as "length"
@@ -132,13 +125,15 @@ class LlamaCppConfig(BackendConfig):
 @dataclass
 class LlamaCppLLM(LLM):
     name: ClassVar[str] = "llamacpp"
+    queues_ahead: ClassVar[bool] = True  # the engine queues what its n_parallel slots cannot take yet
+    local: ClassVar[bool] = True
     model_path: str = ""
     n_ctx: int = 4096  # tokens per request (prompt + completion); each of n_parallel gets its own
     n_threads: Optional[int] = None  # default: default_threads()
     n_threads_batch: Optional[int] = None  # prompt evaluation and batched steps; default: n_threads
     prefix_cache: bool = True
     seed: int = 0
-    n_parallel: int = 8  # requests decoded together
+    n_parallel: int = 7  # requests decoded together
     timeout_s: Optional[float] = None  # per request, from the start of its decoding; None: none
     chat_format: Optional[str] = None  # a llama.cpp template name; default: the GGUF's own template
     lora_path: Optional[str] = None  # a GGUF LoRA adapter applied to the model
@@ -224,34 +219,34 @@ class LlamaCppLLM(LLM):
 
     # -- generation ------------------------------------------------------------------------------
 
-    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
+    def _submit(self, request: Request, params: Sampling, usage: Usage):
+        """Queue the request on the engine's serving thread (llama_batch.py), which decodes it
+        with whatever else is in flight; the returned pending answer has result()/done()/cancel()."""
         from selfinstruct.llm.llama_batch import Job
 
         engine = self.load()
-        out: list[Optional[Completion]] = [None] * len(requests)
-        jobs, where = [], []
-        run_seed = self.seed
-        for i, request in enumerate(requests):
-            tokens = self._tokens(request)
-            budget = engine.n_ctx_seq - len(tokens)
-            if budget < 1:
-                out[i] = Completion("", "error", prompt_tokens=len(tokens),
-                                    error=f"prompt of {len(tokens)} tokens does not fit "
-                                          f"llm.n_ctx={engine.n_ctx_seq}")
-                continue
-            jobs.append(Job(tokens, params, seed=request_seed(run_seed, request.id),
-                            max_tokens=min(params.max_tokens, budget), timeout_s=self.timeout_s))
-            where.append(i)
+        tokens = self._tokens(request)
+        budget = engine.n_ctx_seq - len(tokens)
+        if budget < 1:
+            failed: Future = Future()
+            failed.set_result(Completion("", "error", prompt_tokens=len(tokens),
+                                         error=f"prompt of {len(tokens)} tokens does not fit "
+                                               f"llm.n_ctx={engine.n_ctx_seq}"))
+            return failed
+
         def count(reason: str) -> None:  # generations our limits ended: cost/<stage>/timeouts, ...
             if reason == "timeout":
                 usage.timeouts += 1
             else:
                 usage.repetition_stops += 1
 
-        for i, completion in zip(where, engine.generate(jobs, share_prefix=self.prefix_cache,
-                                                        on_early_stop=count)):
-            out[i] = completion
-        return out
+        return engine.submit(Job(tokens, params, seed=request_seed(self.seed, request.id),
+                                 max_tokens=min(params.max_tokens, budget), timeout_s=self.timeout_s,
+                                 share_prefix=self.prefix_cache, on_early_stop=count))
+
+    def _generate(self, requests: list[Request], params: Sampling, usage: Usage) -> list[Completion]:
+        pending = [self._submit(r, params, usage) for r in requests]
+        return [p.result() for p in pending]
 
     def close(self) -> None:
         super().close()
